@@ -1,5 +1,6 @@
 //! Logging setup shared by the binaries: human or JSON lines on stderr,
 //! level from `RUST_LOG` (default `info`).
+use std::io::IsTerminal;
 use std::str::FromStr;
 
 use tracing_subscriber::EnvFilter;
@@ -31,6 +32,7 @@ pub fn init(format: LogFormat) {
         .unwrap_or_else(|_| EnvFilter::new("info,h2=warn,hyper=warn,tower=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // A second init (e.g. in tests) keeps the first subscriber.
     let _ = match format {

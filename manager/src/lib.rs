@@ -1,1 +1,18 @@
-//! placeholder
+//! minkube-manager: the control plane. gRPC API for users and agents, the
+//! scheduler, the dispatcher (one stream per agent) and the durable store.
+
+pub mod api;
+pub mod cluster;
+pub mod config;
+pub mod dispatcher;
+pub mod error;
+pub mod nodes;
+pub mod scheduler;
+pub mod server;
+pub mod state;
+pub mod status;
+pub mod store;
+pub mod tasks;
+
+pub use config::Args;
+pub use server::{Manager, ServeError};

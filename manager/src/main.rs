@@ -1,1 +1,46 @@
-fn main() {}
+//! minkube-manager binary: parse flags, start, serve until SIGTERM/SIGINT.
+use clap::Parser;
+use minkube_manager::{Args, Manager};
+use tokio::signal::unix::{signal, SignalKind};
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    minkube_common::telemetry::init(args.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("minkube-manager")
+        .build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let manager = Manager::start(args).await?;
+    if let Some(addr) = manager.local_addr() {
+        // The one line on stdout: scripts and tests read the port from it.
+        println!("minkube-manager listening on {addr}");
+        tracing::info!(%addr, "serving");
+    }
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        let _ = first_tx.send(());
+        // A second signal means: stop now.
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: exiting immediately");
+        std::process::exit(130);
+    });
+    manager
+        .serve(async move {
+            let _ = first_rx.await;
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! gRPC services: thin adapters from protobuf requests to [`Cluster`] calls.
+use std::sync::Arc;
+
+use minkube::convert::task_state_name;
+use minkube::pb::TaskState;
+use minkube::pb::{
+    self, agent_service_server::AgentService, control_service_server::ControlService,
+};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::cluster::Cluster;
+use crate::dispatcher::{self, DownStream};
+use crate::error::ManagerError;
+use crate::tasks::TaskFilter;
+
+/// Most state filters in one ListTasks request.
+const MAX_STATE_FILTERS: usize = 8;
+
+/// The user-facing service.
+#[derive(Clone)]
+pub struct ControlApi {
+    cluster: Arc<Cluster>,
+}
+
+impl ControlApi {
+    /// Wraps the cluster.
+    pub fn new(cluster: Arc<Cluster>) -> Self {
+        Self { cluster }
+    }
+
+    fn filter(&self, req: &pb::ListTasksRequest) -> Result<TaskFilter, ManagerError> {
+        if req.states.len() > MAX_STATE_FILTERS {
+            return Err(ManagerError::BadRequest(format!(
+                "states: at most {MAX_STATE_FILTERS} filters"
+            )));
+        }
+        let mut states = Vec::with_capacity(req.states.len());
+        for s in &req.states {
+            match TaskState::try_from(*s) {
+                Ok(TaskState::Unspecified) => {}
+                Ok(st) => states.push(st),
+                Err(_) => {
+                    return Err(ManagerError::BadRequest(format!(
+                        "states: {s} is not a task state (use {}..{})",
+                        task_state_name(TaskState::Pending),
+                        task_state_name(TaskState::Failed)
+                    )))
+                }
+            }
+        }
+        let node_id = if req.node.is_empty() {
+            None
+        } else {
+            Some(self.cluster.resolve_node_id(&req.node)?)
+        };
+        Ok(TaskFilter { states, node_id })
+    }
+}
+
+#[tonic::async_trait]
+impl ControlService for ControlApi {
+    async fn create_task(
+        &self,
+        req: Request<pb::CreateTaskRequest>,
+    ) -> Result<Response<pb::CreateTaskResponse>, Status> {
+        let task = self.cluster.create_task(req.into_inner().spec).await?;
+        Ok(Response::new(pb::CreateTaskResponse { task: Some(task) }))
+    }
+
+    async fn get_task(
+        &self,
+        req: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::GetTaskResponse>, Status> {
+        let (task, events) = self.cluster.get_task(&req.into_inner().id)?;
+        Ok(Response::new(pb::GetTaskResponse {
+            task: Some(task),
+            events,
+        }))
+    }
+
+    async fn list_tasks(
+        &self,
+        req: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let req = req.into_inner();
+        let filter = self.filter(&req)?;
+        Ok(Response::new(self.cluster.list_tasks(
+            &filter,
+            req.page_size,
+            &req.page_token,
+        )?))
+    }
+
+    async fn stop_task(
+        &self,
+        req: Request<pb::StopTaskRequest>,
+    ) -> Result<Response<pb::StopTaskResponse>, Status> {
+        let task = self.cluster.stop_task(&req.into_inner().id).await?;
+        Ok(Response::new(pb::StopTaskResponse { task: Some(task) }))
+    }
+
+    async fn list_nodes(
+        &self,
+        req: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let req = req.into_inner();
+        Ok(Response::new(
+            self.cluster.list_nodes(req.page_size, &req.page_token),
+        ))
+    }
+
+    async fn get_node(
+        &self,
+        req: Request<pb::GetNodeRequest>,
+    ) -> Result<Response<pb::GetNodeResponse>, Status> {
+        let node = self.cluster.get_node(&req.into_inner().node)?;
+        Ok(Response::new(pb::GetNodeResponse { node: Some(node) }))
+    }
+}
+
+/// The agent-facing service.
+#[derive(Clone)]
+pub struct AgentApi {
+    cluster: Arc<Cluster>,
+}
+
+impl AgentApi {
+    /// Wraps the cluster.
+    pub fn new(cluster: Arc<Cluster>) -> Self {
+        Self { cluster }
+    }
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    async fn register(
+        &self,
+        req: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let node_id = self.cluster.register(req.into_inner()).await?;
+        Ok(Response::new(pb::RegisterResponse { node_id }))
+    }
+
+    type ConnectStream = DownStream;
+
+    async fn connect(
+        &self,
+        req: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let stream = dispatcher::open_session(Arc::clone(&self.cluster), req.into_inner()).await?;
+        Ok(Response::new(stream))
+    }
+}

@@ -1,0 +1,168 @@
+//! The manager's core object: the in-memory state, the durable write path,
+//! the scheduler loop and the agent sessions. The gRPC services are thin
+//! wrappers over its methods (see `tasks.rs`, `nodes.rs`, `status.rs`).
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use minkube::pb;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::ManagerError;
+use crate::scheduler;
+use crate::state::State;
+use crate::store::{committer, Committer, Mutation, Store};
+
+/// Tunables of the core.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Interval agents are told to heartbeat at.
+    pub heartbeat_interval: Duration,
+    /// Messages buffered per agent stream before the agent counts as gone.
+    pub session_buffer: usize,
+    /// Writes that may wait for the store at once.
+    pub max_pending_writes: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(5),
+            session_buffer: 1024,
+            max_pending_writes: 16 * 1024,
+        }
+    }
+}
+
+/// Shared by every request handler and background task.
+pub struct Cluster {
+    pub(crate) config: ClusterConfig,
+    state: Mutex<State>,
+    committer: Committer,
+    schedule: Notify,
+    /// Cancelled on shutdown; every background task watches it.
+    pub(crate) shutdown: CancellationToken,
+    /// Every task the cluster spawns, so shutdown can wait for them.
+    pub(crate) tasks: TaskTracker,
+}
+
+impl Cluster {
+    /// Loads the store and starts the scheduler loop.
+    pub fn start(store: Arc<dyn Store>, config: ClusterConfig) -> Result<Arc<Self>, ManagerError> {
+        let snapshot = store.load()?;
+        let state = State::from_snapshot(snapshot);
+        tracing::info!(
+            tasks = state.tasks.len(),
+            nodes = state.nodes.len(),
+            pending = state.pending.len(),
+            "state loaded"
+        );
+        let committer = Committer::start(store, config.max_pending_writes)?;
+        let cluster = Arc::new(Self {
+            config,
+            state: Mutex::new(state),
+            committer,
+            schedule: Notify::new(),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        let c = Arc::clone(&cluster);
+        cluster.tasks.spawn(async move { c.run_scheduler().await });
+        cluster.kick_scheduler();
+        Ok(cluster)
+    }
+
+    /// Locks the state. Never held across an await.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the state and waits until the mutations it emitted are
+    /// durable. If `f` fails, it must not have changed anything.
+    pub(crate) async fn write<T>(
+        &self,
+        f: impl FnOnce(&mut State, &mut Vec<Mutation>) -> Result<T, ManagerError>,
+    ) -> Result<T, ManagerError> {
+        let permit = self.committer.reserve().await?;
+        let (value, done) = {
+            let mut st = self.lock();
+            let mut out = Vec::new();
+            let value = f(&mut st, &mut out)?;
+            // Submitted under the lock: store order = state-change order.
+            (value, self.committer.submit(permit, out))
+        };
+        committer::durable(done).await?;
+        Ok(value)
+    }
+
+    /// Asks the scheduler to look at the pending queue.
+    pub(crate) fn kick_scheduler(&self) {
+        self.schedule.notify_one();
+    }
+
+    async fn run_scheduler(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = self.schedule.notified() => {}
+            }
+            let placed = self.write(|st, out| Ok(scheduler::schedule(st, out))).await;
+            match placed {
+                Ok(placements) => {
+                    for p in placements {
+                        let msg = pb::manager_message::Msg::Assignment(p.assignment);
+                        self.send(&p.node_id, msg);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "scheduling pass failed"),
+            }
+        }
+    }
+
+    /// Sends a message down a node's stream, if it has one. A full or closed
+    /// channel means the agent is gone or hopelessly behind: the session is
+    /// dropped, and the agent's next session resynchronises everything.
+    pub(crate) fn send(&self, node_id: &str, msg: pb::manager_message::Msg) -> bool {
+        let mut st = self.lock();
+        let Some(entry) = st.nodes.get_mut(node_id) else {
+            return false;
+        };
+        let Some(session) = &entry.session else {
+            return false;
+        };
+        let message = pb::ManagerMessage { msg: Some(msg) };
+        match session.tx.try_send(Ok(message)) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(node_id, error = %e, "agent stream full or closed; dropping the session");
+                session.cancel.cancel();
+                entry.session = None;
+                entry.node.set_state(pb::NodeState::Disconnected);
+                false
+            }
+        }
+    }
+
+    /// Stops background work and flushes the store. Streams end because
+    /// their sessions are cancelled.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.shutdown.cancel();
+        {
+            let mut st = self.lock();
+            for n in st.nodes.values_mut() {
+                if let Some(s) = n.session.take() {
+                    s.cancel.cancel();
+                }
+            }
+        }
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background tasks did not stop within {grace:?}");
+        }
+        self.committer.shutdown();
+    }
+}

@@ -1,0 +1,72 @@
+//! Command-line flags, each with a MINKUBE_* environment variable.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use minkube_common::duration::parse_duration;
+use minkube_common::telemetry::LogFormat;
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    s.parse()
+}
+
+/// minkube-manager: the control plane.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "minkube-manager",
+    version,
+    about = "minkube control plane: gRPC API, scheduler, dispatcher, embedded store"
+)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "MINKUBE_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free port; the chosen one is printed).
+    #[arg(long, env = "MINKUBE_PORT", default_value_t = 7070)]
+    pub port: u16,
+    /// Directory of the embedded store.
+    #[arg(
+        long,
+        env = "MINKUBE_DATA_DIR",
+        default_value = "/var/lib/minkube/manager"
+    )]
+    pub data_dir: PathBuf,
+    /// Heartbeat interval agents are told to use.
+    #[arg(long, env = "MINKUBE_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Largest accepted request message, in bytes.
+    #[arg(long, env = "MINKUBE_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_request_bytes: usize,
+    /// How long shutdown waits for streams and writes to finish.
+    #[arg(long, env = "MINKUBE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Log format: text or json (level from RUST_LOG).
+    #[arg(long, env = "MINKUBE_LOG_FORMAT", default_value = "text", value_parser = parse_log_format)]
+    pub log_format: LogFormat,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_flags() {
+        let a = Args::try_parse_from(["m"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a.port, 7070);
+        assert_eq!(a.heartbeat_interval, Duration::from_secs(5));
+        let a = Args::try_parse_from([
+            "m",
+            "--port",
+            "0",
+            "--heartbeat-interval",
+            "500ms",
+            "--log-format",
+            "json",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a.port, 0);
+        assert_eq!(a.heartbeat_interval, Duration::from_millis(500));
+        assert_eq!(a.log_format, LogFormat::Json);
+        assert!(Args::try_parse_from(["m", "--log-format", "xml"]).is_err());
+    }
+}

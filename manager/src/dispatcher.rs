@@ -1,0 +1,96 @@
+//! The agent stream: one `Connect` per agent. The manager's half is a
+//! bounded channel (down) and one reader task (up) owned by the cluster's
+//! task tracker; either side ending ends the session.
+use std::sync::Arc;
+use std::time::Duration;
+
+use minkube::pb::{self, agent_message::Msg};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+use crate::cluster::Cluster;
+use crate::error::ManagerError;
+
+/// How long an agent has to send Hello after opening the stream.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The down-stream half handed to tonic.
+pub type DownStream = ReceiverStream<Result<pb::ManagerMessage, Status>>;
+
+/// Opens a session: waits for Hello, attaches the stream, sends Welcome and
+/// starts the reader task.
+pub async fn open_session(
+    cluster: Arc<Cluster>,
+    mut inbound: Streaming<pb::AgentMessage>,
+) -> Result<DownStream, ManagerError> {
+    let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+        .await
+        .map_err(|_| ManagerError::Protocol("no Hello within 10s of opening the stream".into()))?
+        .map_err(|s| {
+            ManagerError::Protocol(format!("stream failed before Hello: {}", s.message()))
+        })?;
+    let node_id = match first.and_then(|m| m.msg) {
+        Some(Msg::Hello(h)) => h.node_id,
+        _ => {
+            return Err(ManagerError::Protocol(
+                "the first message on Connect must be Hello".into(),
+            ))
+        }
+    };
+    let (tx, rx) = mpsc::channel(cluster.config.session_buffer);
+    let session = cluster.attach_session(&node_id, tx)?;
+    let welcome = pb::Welcome {
+        node_id: node_id.clone(),
+        heartbeat_interval_ms: u64::try_from(cluster.config.heartbeat_interval.as_millis())
+            .unwrap_or(u64::MAX),
+    };
+    cluster.send(&node_id, pb::manager_message::Msg::Welcome(welcome));
+    tracing::info!(node_id = %node_id, session = session.id, "agent session open");
+    let c = Arc::clone(&cluster);
+    cluster.tasks.spawn(async move {
+        read_loop(&c, &node_id, &mut inbound, &session.cancel).await;
+        c.detach_session(&node_id, session.id);
+    });
+    Ok(ReceiverStream::new(rx))
+}
+
+async fn read_loop(
+    cluster: &Cluster,
+    node_id: &str,
+    inbound: &mut Streaming<pb::AgentMessage>,
+    cancel: &tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            () = cancel.cancelled() => return,
+            m = inbound.message() => m,
+        };
+        let msg = match next {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                tracing::info!(node_id, "agent closed its stream");
+                return;
+            }
+            Err(s) => {
+                tracing::info!(node_id, error = %s.message(), "agent stream broke");
+                return;
+            }
+        };
+        cluster.heartbeat(node_id);
+        match msg.msg {
+            Some(Msg::Heartbeat(_)) | None => {}
+            Some(Msg::Status(batch)) => {
+                if let Err(e) = cluster.apply_status(node_id, batch).await {
+                    tracing::error!(node_id, error = %e, "cannot apply status batch");
+                }
+            }
+            Some(Msg::Ack(a)) => {
+                tracing::debug!(node_id, task_id = %a.task_id, attempt = a.attempt, "assignment acknowledged");
+            }
+            Some(Msg::Hello(_)) => {
+                tracing::warn!(node_id, "repeated Hello ignored");
+            }
+        }
+    }
+}

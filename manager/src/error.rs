@@ -1,0 +1,75 @@
+//! The manager's error type and its one mapping to gRPC status codes.
+use minkube_common::state_machine::IllegalTransition;
+use minkube_common::validate::ValidationError;
+use tonic::{Code, Status};
+
+use crate::store::StoreError;
+
+/// Everything a manager operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// The request breaks a validation rule; the message names the field.
+    #[error("invalid request: {0}")]
+    Invalid(#[from] ValidationError),
+    /// A malformed request outside the spec (page token, id format, ...).
+    #[error("invalid request: {0}")]
+    BadRequest(String),
+    /// No task with that id.
+    #[error("task {0} not found (list tasks with `minkube ps`)")]
+    TaskNotFound(String),
+    /// No node with that id or name.
+    #[error("node {0:?} not found (list nodes with `minkube nodes`)")]
+    NodeNotFound(String),
+    /// Another connected agent holds the node name.
+    #[error("node name {name:?} is held by node {id}, which is connected: give this agent another --name")]
+    NameTaken {
+        /// The contested name.
+        name: String,
+        /// Node currently holding it.
+        id: String,
+    },
+    /// An agent opened a stream without registering, or broke the session protocol.
+    #[error("agent protocol violation: {0}")]
+    Protocol(String),
+    /// A state change the state machine forbids.
+    #[error(transparent)]
+    Transition(#[from] IllegalTransition),
+    /// Storage failed or is shutting down.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<ManagerError> for Status {
+    fn from(e: ManagerError) -> Self {
+        let code = match &e {
+            ManagerError::Invalid(_) | ManagerError::BadRequest(_) => Code::InvalidArgument,
+            ManagerError::TaskNotFound(_) | ManagerError::NodeNotFound(_) => Code::NotFound,
+            ManagerError::NameTaken { .. } => Code::AlreadyExists,
+            ManagerError::Protocol(_) | ManagerError::Transition(_) => Code::FailedPrecondition,
+            ManagerError::Store(StoreError::Closed) => Code::Unavailable,
+            ManagerError::Store(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_messages() {
+        let v = ValidationError {
+            field: "spec.memory_mb".into(),
+            message: "too small".into(),
+        };
+        let s = Status::from(ManagerError::from(v));
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(s.message(), "invalid request: spec.memory_mb: too small");
+        let s = Status::from(ManagerError::TaskNotFound("x".into()));
+        assert_eq!(s.code(), Code::NotFound);
+        assert!(s.message().contains("not found"));
+        let s = Status::from(ManagerError::Store(StoreError::Closed));
+        assert_eq!(s.code(), Code::Unavailable);
+    }
+}

@@ -1,0 +1,180 @@
+//! Node registration, sessions and the node half of the user API.
+use minkube::convert::now;
+use minkube::pb::{self, NodeState};
+use minkube_common::{paging, validate};
+
+use crate::cluster::Cluster;
+use crate::error::ManagerError;
+use crate::state::{NodeEntry, Session};
+use crate::store::Mutation;
+
+/// Longest advertised address or version string accepted.
+const MAX_FIELD_LEN: usize = 256;
+/// Most node labels.
+const MAX_NODE_LABELS: usize = 64;
+
+fn check_register(req: &pb::RegisterRequest) -> Result<(), ManagerError> {
+    validate::validate_name("name", &req.name)?;
+    if req.address.len() > MAX_FIELD_LEN || req.agent_version.len() > MAX_FIELD_LEN {
+        return Err(ManagerError::BadRequest(format!(
+            "address and agent_version: at most {MAX_FIELD_LEN} bytes each"
+        )));
+    }
+    if req.labels.len() > MAX_NODE_LABELS
+        || req
+            .labels
+            .iter()
+            .any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 1024)
+    {
+        return Err(ManagerError::BadRequest(format!(
+            "labels: at most {MAX_NODE_LABELS}, keys 1-128 bytes, values up to 1024 bytes"
+        )));
+    }
+    if !req.node_id.is_empty() && uuid::Uuid::parse_str(&req.node_id).is_err() {
+        return Err(ManagerError::BadRequest(format!(
+            "node_id {:?} is not a node id this manager issued: remove the agent's node-id file",
+            req.node_id
+        )));
+    }
+    Ok(())
+}
+
+impl Cluster {
+    /// Registers a node, or refreshes a known one. An agent that lost its
+    /// data dir gets its old id back by name, unless that node is connected.
+    pub async fn register(&self, req: pb::RegisterRequest) -> Result<String, ManagerError> {
+        check_register(&req)?;
+        let id = self
+            .write(|st, out| {
+                let by_name = st
+                    .nodes
+                    .values()
+                    .find(|n| n.node.name == req.name)
+                    .map(|n| (n.node.id.clone(), n.session.is_some()));
+                let id = match (&by_name, req.node_id.is_empty()) {
+                    (Some((other, true)), _) if *other != req.node_id => {
+                        return Err(ManagerError::NameTaken {
+                            name: req.name.clone(),
+                            id: other.clone(),
+                        })
+                    }
+                    (Some((other, _)), true) => other.clone(),
+                    (Some((other, _)), false) if *other != req.node_id => {
+                        return Err(ManagerError::NameTaken {
+                            name: req.name.clone(),
+                            id: other.clone(),
+                        })
+                    }
+                    (_, false) => req.node_id.clone(),
+                    (None, true) => uuid::Uuid::new_v4().to_string(),
+                };
+                let ts = now();
+                let entry = st.nodes.entry(id.clone()).or_insert_with(|| NodeEntry {
+                    node: pb::Node {
+                        id: id.clone(),
+                        state: NodeState::Disconnected as i32,
+                        registered_at: Some(ts),
+                        ..Default::default()
+                    },
+                    session: None,
+                });
+                let n = &mut entry.node;
+                n.name = req.name.clone();
+                n.address = req.address.clone();
+                n.labels = req.labels.clone();
+                n.capacity = req.capacity;
+                n.agent_version = req.agent_version.clone();
+                n.last_heartbeat = Some(ts);
+                out.push(Mutation::PutNode(Box::new(n.clone())));
+                Ok(id)
+            })
+            .await?;
+        tracing::info!(node_id = %id, name = %req.name, "node registered");
+        Ok(id)
+    }
+
+    /// Makes `tx` the node's stream (replacing an older one) and marks it READY.
+    pub(crate) fn attach_session(
+        &self,
+        node_id: &str,
+        tx: tokio::sync::mpsc::Sender<Result<pb::ManagerMessage, tonic::Status>>,
+    ) -> Result<Session, ManagerError> {
+        let mut st = self.lock();
+        let entry = st.nodes.get_mut(node_id).ok_or_else(|| {
+            ManagerError::Protocol(format!(
+                "node {node_id} is not registered: call Register before Connect"
+            ))
+        })?;
+        let id = entry.session.as_ref().map_or(1, |s| s.id.wrapping_add(1));
+        let session = Session {
+            id,
+            tx,
+            cancel: self.shutdown.child_token(),
+        };
+        if let Some(old) = entry.session.replace(session.clone()) {
+            tracing::info!(node_id, "a new session replaces the previous one");
+            old.cancel.cancel();
+        }
+        entry.node.set_state(NodeState::Ready);
+        entry.node.last_heartbeat = Some(now());
+        drop(st);
+        self.kick_scheduler();
+        Ok(session)
+    }
+
+    /// Ends a session if it is still the node's current one.
+    pub(crate) fn detach_session(&self, node_id: &str, session_id: u64) {
+        let mut st = self.lock();
+        if let Some(entry) = st.nodes.get_mut(node_id) {
+            if entry.session.as_ref().is_some_and(|s| s.id == session_id) {
+                if let Some(s) = entry.session.take() {
+                    s.cancel.cancel();
+                }
+                entry.node.set_state(NodeState::Disconnected);
+                tracing::info!(node_id, "node disconnected");
+            }
+        }
+    }
+
+    /// Records a sign of life.
+    pub(crate) fn heartbeat(&self, node_id: &str) {
+        if let Some(e) = self.lock().nodes.get_mut(node_id) {
+            e.node.last_heartbeat = Some(now());
+        }
+    }
+
+    /// One page of nodes in name order; the token is the last name.
+    pub fn list_nodes(&self, page_size: u32, page_token: &str) -> pb::ListNodesResponse {
+        let size = paging::page_size(page_size);
+        let st = self.lock();
+        let mut all: Vec<&NodeEntry> = st.nodes.values().collect();
+        all.sort_by(|a, b| a.node.name.cmp(&b.node.name));
+        let total = all.len();
+        let mut page: Vec<pb::Node> = all
+            .into_iter()
+            .filter(|n| page_token.is_empty() || n.node.name.as_str() > page_token)
+            .take(size + 1)
+            .map(|n| st.node_view(n))
+            .collect();
+        let has_next = page.len() > size;
+        page.truncate(size);
+        pb::ListNodesResponse {
+            next_page_token: if has_next {
+                page.last().map(|n| n.name.clone()).unwrap_or_default()
+            } else {
+                String::new()
+            },
+            nodes: page,
+            total_count: u64::try_from(total).unwrap_or(u64::MAX),
+            has_next,
+        }
+    }
+
+    /// A node by id or name.
+    pub fn get_node(&self, id_or_name: &str) -> Result<pb::Node, ManagerError> {
+        let st = self.lock();
+        st.find_node(id_or_name)
+            .map(|n| st.node_view(n))
+            .ok_or_else(|| ManagerError::NodeNotFound(id_or_name.to_string()))
+    }
+}

@@ -1,0 +1,118 @@
+//! Wiring: store, cluster, gRPC server, graceful shutdown.
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use minkube::pb::agent_service_server::AgentServiceServer;
+use minkube::pb::control_service_server::ControlServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::{AgentApi, ControlApi};
+use crate::cluster::{Cluster, ClusterConfig};
+use crate::config::Args;
+use crate::error::ManagerError;
+use crate::store::{RedbStore, Store};
+
+/// A failure to start or run the manager.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Could not listen.
+    #[error("cannot listen on {addr}: {source} (is the port in use? pick another with --port)")]
+    Bind {
+        /// Requested address.
+        addr: String,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The store or cluster failed to start.
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A started manager: store loaded, port bound, not yet serving.
+pub struct Manager {
+    cluster: Arc<Cluster>,
+    listener: TcpListener,
+    args: Args,
+}
+
+impl Manager {
+    /// Opens the store in `args.data_dir`, loads it and binds the port.
+    pub async fn start(args: Args) -> Result<Self, ServeError> {
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::open(&args.data_dir).map_err(ManagerError::from)?);
+        let config = ClusterConfig {
+            heartbeat_interval: args.heartbeat_interval,
+            ..ClusterConfig::default()
+        };
+        let cluster = Cluster::start(store, config)?;
+        let addr = format!("{}:{}", args.host, args.port);
+        let listener = TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        Ok(Self {
+            cluster,
+            listener,
+            args,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves until `signal` completes, then shuts down gracefully: sessions
+    /// end, in-flight requests finish (bounded by the grace period) and the
+    /// store is flushed.
+    pub async fn serve(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let Self {
+            cluster,
+            listener,
+            args,
+        } = self;
+        let limit = args.max_request_bytes;
+        let control = ControlServiceServer::new(ControlApi::new(Arc::clone(&cluster)))
+            .max_decoding_message_size(limit);
+        let agent = AgentServiceServer::new(AgentApi::new(Arc::clone(&cluster)))
+            .max_decoding_message_size(limit);
+        let stop = cluster.shutdown.clone();
+        let c = Arc::clone(&cluster);
+        let on_signal = async move {
+            signal.await;
+            tracing::info!("shutting down: closing agent sessions");
+            // Ending the sessions lets their streams finish, so the server's
+            // graceful stop does not wait on them forever.
+            c.shutdown.cancel();
+        };
+        let server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(control)
+            .add_service(agent)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), on_signal);
+        tokio::pin!(server);
+        let result = tokio::select! {
+            r = &mut server => r.map_err(ServeError::from),
+            () = async {
+                stop.cancelled().await;
+                tokio::time::sleep(args.shutdown_grace).await;
+            } => {
+                tracing::warn!("requests still open after {:?}; stopping anyway", args.shutdown_grace);
+                Ok(())
+            }
+        };
+        cluster.shutdown(args.shutdown_grace).await;
+        tracing::info!("manager stopped");
+        result
+    }
+}

@@ -1,0 +1,387 @@
+//! The manager's in-memory model: every task, its events and every node.
+//! Reads are served from here; every change goes through [`State::transition`]
+//! (the state machine) and yields the [`Mutation`]s that make it durable.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use minkube::convert::now;
+use minkube::pb::{self, TaskState};
+use minkube_common::state_machine::{self, IllegalTransition};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Mutation, Snapshot, StoredTask};
+
+/// A task with its history.
+#[derive(Debug, Clone)]
+pub struct TaskEntry {
+    /// The API object.
+    pub task: pb::Task,
+    /// Highest agent sequence applied for the current attempt.
+    pub last_sequence: u64,
+    /// Every event, oldest first.
+    pub events: Vec<pb::TaskEvent>,
+}
+
+impl TaskEntry {
+    /// Observed state.
+    pub fn state(&self) -> TaskState {
+        self.status().state()
+    }
+
+    /// Observed status (always present on stored tasks).
+    pub fn status(&self) -> &pb::TaskStatus {
+        static EMPTY: pb::TaskStatus = pb::TaskStatus {
+            state: 0,
+            reason: String::new(),
+            node_id: String::new(),
+            node_name: String::new(),
+            container_id: String::new(),
+            exit_code: None,
+            ports: Vec::new(),
+            started_at: None,
+            finished_at: None,
+            attempt: 0,
+        };
+        self.task.status.as_ref().unwrap_or(&EMPTY)
+    }
+
+    /// Memory the task reserves on its node.
+    pub fn memory_mb(&self) -> u64 {
+        self.task.spec.as_ref().map_or(0, |s| s.memory_mb)
+    }
+
+    fn stored(&self) -> StoredTask {
+        StoredTask {
+            task: Some(self.task.clone()),
+            last_sequence: self.last_sequence,
+        }
+    }
+}
+
+/// The live stream to a node's agent.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Distinguishes a session from the one that replaced it.
+    pub id: u64,
+    /// Down-stream messages; bounded: a full or closed channel means the agent is gone.
+    pub tx: mpsc::Sender<Result<pb::ManagerMessage, tonic::Status>>,
+    /// Cancels the session's reader task.
+    pub cancel: CancellationToken,
+}
+
+/// A node and its session, if connected.
+#[derive(Debug)]
+pub struct NodeEntry {
+    /// The API object (allocated / active_tasks are filled in on read).
+    pub node: pb::Node,
+    /// The open session.
+    pub session: Option<Session>,
+}
+
+/// What the active tasks of a node reserve.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Usage {
+    /// Memory in MB.
+    pub memory_mb: u64,
+    /// CPU cores.
+    pub cpu: f64,
+    /// Number of active tasks.
+    pub tasks: u32,
+}
+
+/// Why a transition could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    /// Unknown task.
+    #[error("task {0} not found")]
+    NotFound(String),
+    /// Forbidden by the state machine.
+    #[error(transparent)]
+    Illegal(#[from] IllegalTransition),
+}
+
+/// Everything the manager knows.
+#[derive(Debug, Default)]
+pub struct State {
+    /// Tasks by id; ids are UUIDv7, so this is creation order.
+    pub tasks: BTreeMap<String, TaskEntry>,
+    /// Nodes by id.
+    pub nodes: HashMap<String, NodeEntry>,
+    /// Ids of PENDING tasks, creation order: the scheduler's queue.
+    pub pending: BTreeSet<String>,
+    /// Reservations per node id.
+    usage: HashMap<String, Usage>,
+    /// Name of the node that got the last placement (round-robin cursor).
+    pub rr_cursor: Option<String>,
+}
+
+impl State {
+    /// Rebuilds the model from the store. Nodes start disconnected: no
+    /// stream survives a manager restart.
+    pub fn from_snapshot(snap: Snapshot) -> Self {
+        let mut st = State::default();
+        for mut node in snap.nodes {
+            node.set_state(pb::NodeState::Disconnected);
+            st.nodes.insert(
+                node.id.clone(),
+                NodeEntry {
+                    node,
+                    session: None,
+                },
+            );
+        }
+        for (stored, events) in snap.tasks {
+            let Some(task) = stored.task else { continue };
+            let entry = TaskEntry {
+                task,
+                last_sequence: stored.last_sequence,
+                events,
+            };
+            let id = entry.task.id.clone();
+            if entry.state() == TaskState::Pending {
+                st.pending.insert(id.clone());
+            }
+            if state_machine::is_active_on_node(entry.state()) {
+                st.reserve(&entry, 1);
+            }
+            st.tasks.insert(id, entry);
+        }
+        st
+    }
+
+    fn reserve(&mut self, entry: &TaskEntry, sign: i8) {
+        let node = entry.status().node_id.clone();
+        let cpu = entry.task.spec.as_ref().map_or(0.0, |s| s.cpu);
+        let u = self.usage.entry(node).or_default();
+        if sign > 0 {
+            u.memory_mb = u.memory_mb.saturating_add(entry.memory_mb());
+            u.cpu += cpu;
+            u.tasks = u.tasks.saturating_add(1);
+        } else {
+            u.memory_mb = u.memory_mb.saturating_sub(entry.memory_mb());
+            u.cpu = (u.cpu - cpu).max(0.0);
+            u.tasks = u.tasks.saturating_sub(1);
+        }
+    }
+
+    /// What the active tasks of a node reserve.
+    pub fn usage(&self, node_id: &str) -> Usage {
+        self.usage.get(node_id).copied().unwrap_or_default()
+    }
+
+    /// Adds a new PENDING task with its creation event.
+    pub fn insert_task(&mut self, task: pb::Task, out: &mut Vec<Mutation>) {
+        let event = pb::TaskEvent {
+            id: uuid::Uuid::new_v4().to_string(),
+            task_id: task.id.clone(),
+            state: TaskState::Pending as i32,
+            timestamp: task.created_at,
+            reason: "accepted".into(),
+            node_id: String::new(),
+            attempt: 0,
+        };
+        let entry = TaskEntry {
+            task,
+            last_sequence: 0,
+            events: vec![event.clone()],
+        };
+        let id = entry.task.id.clone();
+        out.push(Mutation::PutTask(Box::new(entry.stored())));
+        out.push(Mutation::PutEvent {
+            task_id: id.clone(),
+            index: 0,
+            event: Box::new(event),
+        });
+        self.pending.insert(id.clone());
+        self.tasks.insert(id, entry);
+    }
+
+    /// Persists a task's current record (after a change that is not a transition).
+    pub fn put_task(&self, id: &str, out: &mut Vec<Mutation>) {
+        if let Some(e) = self.tasks.get(id) {
+            out.push(Mutation::PutTask(Box::new(e.stored())));
+        }
+    }
+
+    /// THE way a task's observed state changes: checks the state machine,
+    /// applies `update` (node, container, exit code, ...), records the event,
+    /// keeps reservations and the pending queue right, and emits the mutations.
+    pub fn transition(
+        &mut self,
+        id: &str,
+        to: TaskState,
+        reason: &str,
+        update: impl FnOnce(&mut pb::TaskStatus),
+        out: &mut Vec<Mutation>,
+    ) -> Result<(), TransitionError> {
+        let entry = self
+            .tasks
+            .get(id)
+            .ok_or_else(|| TransitionError::NotFound(id.to_string()))?;
+        let from = entry.state();
+        state_machine::check(from, to)?;
+        if state_machine::is_active_on_node(from) {
+            let e = entry.clone();
+            self.reserve(&e, -1);
+        }
+        let Some(entry) = self.tasks.get_mut(id) else {
+            return Err(TransitionError::NotFound(id.to_string()));
+        };
+        let ts = now();
+        let status = entry.task.status.get_or_insert_with(Default::default);
+        update(status);
+        status.set_state(to);
+        status.reason = reason.to_string();
+        if state_machine::is_terminal(to) && status.finished_at.is_none() {
+            status.finished_at = Some(ts);
+        }
+        let event = pb::TaskEvent {
+            id: uuid::Uuid::new_v4().to_string(),
+            task_id: id.to_string(),
+            state: to as i32,
+            timestamp: Some(ts),
+            reason: reason.to_string(),
+            node_id: status.node_id.clone(),
+            attempt: status.attempt,
+        };
+        entry.task.updated_at = Some(ts);
+        entry.events.push(event.clone());
+        let index = u32::try_from(entry.events.len() - 1).unwrap_or(u32::MAX);
+        out.push(Mutation::PutTask(Box::new(entry.stored())));
+        out.push(Mutation::PutEvent {
+            task_id: id.to_string(),
+            index,
+            event: Box::new(event),
+        });
+        if from == TaskState::Pending {
+            self.pending.remove(id);
+        }
+        if state_machine::is_active_on_node(to) {
+            let e = entry.clone();
+            self.reserve(&e, 1);
+        }
+        tracing::info!(
+            task_id = id,
+            from = minkube::convert::task_state_name(from),
+            to = minkube::convert::task_state_name(to),
+            reason,
+            "task state changed"
+        );
+        Ok(())
+    }
+
+    /// Finds a node by id, then by name.
+    pub fn find_node(&self, id_or_name: &str) -> Option<&NodeEntry> {
+        self.nodes
+            .get(id_or_name)
+            .or_else(|| self.nodes.values().find(|n| n.node.name == id_or_name))
+    }
+
+    /// The node as clients see it, with reservations filled in.
+    pub fn node_view(&self, entry: &NodeEntry) -> pb::Node {
+        let mut n = entry.node.clone();
+        let u = self.usage(&n.id);
+        n.allocated = Some(pb::Resources {
+            cpu_cores: u.cpu,
+            memory_mb: u.memory_mb,
+        });
+        n.active_tasks = u.tasks;
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn task(id: &str, mb: u64) -> pb::Task {
+        pb::Task {
+            id: id.into(),
+            spec: Some(pb::TaskSpec {
+                name: "t".into(),
+                memory_mb: mb,
+                ..Default::default()
+            }),
+            status: Some(pb::TaskStatus {
+                state: TaskState::Pending as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn place(node: &str) -> impl FnOnce(&mut pb::TaskStatus) + '_ {
+        move |s| {
+            s.node_id = node.into();
+            s.attempt = 1;
+        }
+    }
+
+    #[test]
+    fn transitions_record_events_and_reservations() {
+        let mut st = State::default();
+        let mut out = Vec::new();
+        st.insert_task(task("t1", 100), &mut out);
+        assert!(st.pending.contains("t1"));
+        st.transition("t1", TaskState::Scheduled, "placed", place("n1"), &mut out)
+            .unwrap();
+        assert!(st.pending.is_empty());
+        assert_eq!(st.usage("n1").memory_mb, 100);
+        st.transition("t1", TaskState::Running, "started", |_| {}, &mut out)
+            .unwrap();
+        assert_eq!(st.usage("n1").tasks, 1);
+        st.transition("t1", TaskState::Completed, "exit 0", |_| {}, &mut out)
+            .unwrap();
+        assert_eq!(st.usage("n1"), Usage::default());
+        let e = &st.tasks["t1"];
+        assert_eq!(e.events.len(), 4);
+        assert!(e.status().finished_at.is_some());
+        // 2 for insert + 2 per transition.
+        assert_eq!(out.len(), 8);
+    }
+
+    #[test]
+    fn illegal_transitions_change_nothing() {
+        let mut st = State::default();
+        let mut out = Vec::new();
+        st.insert_task(task("t1", 10), &mut out);
+        out.clear();
+        let err = st
+            .transition("t1", TaskState::Running, "x", |_| {}, &mut out)
+            .unwrap_err();
+        assert!(matches!(err, TransitionError::Illegal(_)));
+        assert!(out.is_empty());
+        assert_eq!(st.tasks["t1"].events.len(), 1);
+        assert!(matches!(
+            st.transition("nope", TaskState::Running, "x", |_| {}, &mut out),
+            Err(TransitionError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn snapshot_rebuilds_queue_and_reservations() {
+        let mut st = State::default();
+        let mut out = Vec::new();
+        st.insert_task(task("a", 10), &mut out);
+        st.insert_task(task("b", 20), &mut out);
+        st.transition("b", TaskState::Scheduled, "placed", place("n1"), &mut out)
+            .unwrap();
+        let snap = Snapshot {
+            tasks: st
+                .tasks
+                .values()
+                .map(|e| (e.stored(), e.events.clone()))
+                .collect(),
+            nodes: vec![pb::Node {
+                id: "n1".into(),
+                state: pb::NodeState::Ready as i32,
+                ..Default::default()
+            }],
+        };
+        let re = State::from_snapshot(snap);
+        assert!(re.pending.contains("a") && !re.pending.contains("b"));
+        assert_eq!(re.usage("n1").memory_mb, 20);
+        assert_eq!(re.nodes["n1"].node.state(), pb::NodeState::Disconnected);
+    }
+}

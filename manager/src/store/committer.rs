@@ -1,0 +1,228 @@
+//! Group commit: callers queue their mutations (in the order they changed the
+//! in-memory state) and wait; one writer thread commits everything queued so
+//! far in a single transaction, then answers every waiter. Under load many
+//! requests share one fsync; idle, a request pays exactly one.
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+
+use super::{Mutation, Store, StoreError};
+
+/// Most requests merged into one transaction; bounds a transaction's size.
+const MAX_REQUESTS_PER_COMMIT: usize = 4096;
+
+/// A reserved place in the commit queue (see [`Committer::reserve`]).
+pub struct CommitPermit(OwnedSemaphorePermit);
+
+struct Pending {
+    mutations: Vec<Mutation>,
+    done: oneshot::Sender<Result<(), StoreError>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: Vec<Pending>,
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+/// Owner of the writer thread.
+pub struct Committer {
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Committer {
+    /// Starts the writer thread. At most `max_in_flight` requests wait at once;
+    /// further writers wait in [`Committer::reserve`] (back-pressure, bounded memory).
+    pub fn start(store: Arc<dyn Store>, max_in_flight: usize) -> Result<Self, StoreError> {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+        });
+        let worker = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("minkube-store".into())
+            .spawn(move || run(&worker, store.as_ref()))
+            .map_err(|e| StoreError::Backend {
+                op: "start writer thread",
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            shared,
+            permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Waits for room in the queue. Take the permit BEFORE locking the state
+    /// whose changes you will submit, so the lock is never held while waiting.
+    pub async fn reserve(&self) -> Result<CommitPermit, StoreError> {
+        Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map(CommitPermit)
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Queues mutations; cheap and non-blocking, so it can be called while
+    /// holding the state lock (which keeps queue order = state-change order).
+    pub fn submit(
+        &self,
+        permit: CommitPermit,
+        mutations: Vec<Mutation>,
+    ) -> oneshot::Receiver<Result<(), StoreError>> {
+        let (done, rx) = oneshot::channel();
+        if mutations.is_empty() {
+            let _ = done.send(Ok(()));
+            return rx;
+        }
+        let mut q = self
+            .shared
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if q.closed {
+            let _ = done.send(Err(StoreError::Closed));
+            return rx;
+        }
+        q.items.push(Pending {
+            mutations,
+            done,
+            _permit: permit.0,
+        });
+        drop(q);
+        self.shared.wake.notify_one();
+        rx
+    }
+
+    /// Commits what is queued, then stops the writer thread. Idempotent.
+    pub fn shutdown(&self) {
+        self.permits.close();
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .closed = true;
+        self.shared.wake.notify_all();
+        let handle = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            if h.join().is_err() {
+                tracing::error!("store writer thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Waits for a submitted write to be durable.
+pub async fn durable(rx: oneshot::Receiver<Result<(), StoreError>>) -> Result<(), StoreError> {
+    rx.await.unwrap_or(Err(StoreError::Closed))
+}
+
+fn run(shared: &Shared, store: &dyn Store) {
+    loop {
+        let batch: Vec<Pending> = {
+            let mut q = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            while q.items.is_empty() && !q.closed {
+                q = shared.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
+            }
+            if q.items.is_empty() {
+                return; // closed and drained
+            }
+            let n = q.items.len().min(MAX_REQUESTS_PER_COMMIT);
+            q.items.drain(..n).collect()
+        };
+        let all: Vec<Mutation> = batch
+            .iter()
+            .flat_map(|p| p.mutations.iter().cloned())
+            .collect();
+        let result = store.commit(&all);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, requests = batch.len(), "store commit failed");
+        }
+        for p in batch {
+            let _ = p.done.send(result.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::{Snapshot, StoredTask};
+
+    /// Counts transactions, to show that queued requests share one.
+    #[derive(Default)]
+    struct CountingStore {
+        commits: Mutex<Vec<usize>>,
+    }
+
+    impl Store for CountingStore {
+        fn load(&self) -> Result<Snapshot, StoreError> {
+            Ok(Snapshot::default())
+        }
+        fn commit(&self, batch: &[Mutation]) -> Result<(), StoreError> {
+            // Slow enough that later requests queue up behind the first.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            self.commits.lock().unwrap().push(batch.len());
+            Ok(())
+        }
+    }
+
+    fn put(id: &str) -> Mutation {
+        Mutation::PutTask(Box::new(StoredTask {
+            task: Some(minkube::pb::Task {
+                id: id.into(),
+                ..Default::default()
+            }),
+            last_sequence: 0,
+        }))
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_transactions() {
+        let store = Arc::new(CountingStore::default());
+        let c = Committer::start(store.clone(), 1000).unwrap();
+        let mut waits = Vec::new();
+        for i in 0..50 {
+            let p = c.reserve().await.unwrap();
+            waits.push(c.submit(p, vec![put(&i.to_string())]));
+        }
+        for w in waits {
+            durable(w).await.unwrap();
+        }
+        let commits = store.commits.lock().unwrap().clone();
+        assert_eq!(commits.iter().sum::<usize>(), 50);
+        assert!(commits.len() < 50, "expected grouping, got {commits:?}");
+        c.shutdown();
+    }
+
+    #[tokio::test]
+    async fn shutdown_drains_then_refuses() {
+        let store = Arc::new(CountingStore::default());
+        let c = Committer::start(store.clone(), 10).unwrap();
+        let p = c.reserve().await.unwrap();
+        let w = c.submit(p, vec![put("a")]);
+        c.shutdown();
+        durable(w).await.unwrap();
+        assert!(c.reserve().await.is_err());
+    }
+}

@@ -1,0 +1,76 @@
+//! Durable storage of tasks, events and nodes behind a small trait, so the
+//! embedded redb store (the default) and an etcd store can be swapped.
+//!
+//! Writes are whole-record puts grouped into batches: the [`Committer`]
+//! commits every batch waiting at once in ONE transaction (group commit), so
+//! throughput grows with load instead of paying one fsync per request.
+use minkube::pb;
+
+pub mod committer;
+mod record;
+mod redb_store;
+
+pub use committer::{CommitPermit, Committer};
+pub use record::StoredTask;
+pub use redb_store::RedbStore;
+
+/// One change to persist.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mutation {
+    /// Insert or replace a task record.
+    PutTask(Box<StoredTask>),
+    /// Remove a task and all of its events.
+    DeleteTask(String),
+    /// Append (or replace) event number `index` of a task.
+    PutEvent {
+        /// Task id.
+        task_id: String,
+        /// Position in the task's history, from 0.
+        index: u32,
+        /// The event.
+        event: Box<pb::TaskEvent>,
+    },
+    /// Insert or replace a node.
+    PutNode(Box<pb::Node>),
+}
+
+/// Everything the store holds, read once at start-up.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Tasks with their events, in id order (creation order: ids are UUIDv7).
+    pub tasks: Vec<(StoredTask, Vec<pb::TaskEvent>)>,
+    /// Nodes.
+    pub nodes: Vec<pb::Node>,
+}
+
+/// A storage failure. The message says which operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The underlying database failed.
+    #[error("store {op} failed: {message}")]
+    Backend {
+        /// What was being done.
+        op: &'static str,
+        /// The backend's error.
+        message: String,
+    },
+    /// A stored record could not be decoded.
+    #[error("stored record {key} is corrupt: {message}")]
+    Corrupt {
+        /// Key of the record.
+        key: String,
+        /// Decoder error.
+        message: String,
+    },
+    /// The committer has stopped (the manager is shutting down).
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+/// A durable key-value store for minkube's records.
+pub trait Store: Send + Sync + 'static {
+    /// Reads everything (start-up only).
+    fn load(&self) -> Result<Snapshot, StoreError>;
+    /// Applies all mutations in one durable transaction: all or none.
+    fn commit(&self, batch: &[Mutation]) -> Result<(), StoreError>;
+}

@@ -1,0 +1,14 @@
+//! The stored form of a task: the public `Task` plus manager-only fields.
+use minkube::pb;
+
+/// A task as stored: the API object plus what only the manager needs.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StoredTask {
+    /// The task as clients see it.
+    #[prost(message, optional, tag = "1")]
+    pub task: Option<pb::Task>,
+    /// Highest agent sequence applied for the current attempt; older or
+    /// repeated updates are ignored.
+    #[prost(uint64, tag = "2")]
+    pub last_sequence: u64,
+}

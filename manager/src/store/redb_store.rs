@@ -1,0 +1,205 @@
+//! The embedded store: one redb file under the data dir. redb commits are
+//! durable (fsync) by default, which is what CreateTask's answer promises.
+use std::path::Path;
+
+use minkube::pb;
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{Mutation, Snapshot, Store, StoreError, StoredTask};
+
+const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
+/// Key: (task id, event index).
+const EVENTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("events");
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+
+/// redb-backed [`Store`].
+pub struct RedbStore {
+    db: Database,
+}
+
+fn backend(op: &'static str) -> impl Fn(redb::Error) -> StoreError {
+    move |e| StoreError::Backend {
+        op,
+        message: e.to_string(),
+    }
+}
+
+fn decode<M: Message + Default>(key: &str, bytes: &[u8]) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|e| StoreError::Corrupt {
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
+impl RedbStore {
+    /// Opens (or creates) `<dir>/state.redb`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend {
+            op: "create data dir",
+            message: format!("{}: {e}", dir.display()),
+        })?;
+        let path = dir.join("state.redb");
+        let db = Database::create(&path).map_err(|e| StoreError::Backend {
+            op: "open",
+            message: format!(
+                "{}: {e} (is another manager using this data dir?)",
+                path.display()
+            ),
+        })?;
+        // Create the tables so a read of a fresh store finds them.
+        let txn = db.begin_write().map_err(|e| backend("begin")(e.into()))?;
+        txn.open_table(TASKS)
+            .map_err(|e| backend("open table")(e.into()))?;
+        txn.open_table(EVENTS)
+            .map_err(|e| backend("open table")(e.into()))?;
+        txn.open_table(NODES)
+            .map_err(|e| backend("open table")(e.into()))?;
+        txn.commit().map_err(|e| backend("commit")(e.into()))?;
+        Ok(Self { db })
+    }
+
+    fn load_inner(&self) -> Result<Snapshot, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let tasks = txn.open_table(TASKS)?;
+        let events = txn.open_table(EVENTS)?;
+        let nodes = txn.open_table(NODES)?;
+        let mut snap = Snapshot::default();
+        // Events are keyed (task id, index), so one ordered scan groups them by task.
+        let mut by_task: std::collections::HashMap<String, Vec<pb::TaskEvent>> =
+            std::collections::HashMap::new();
+        for item in events.iter()? {
+            let (k, v) = item?;
+            let (task_id, index) = k.value();
+            let event = decode::<pb::TaskEvent>(&format!("events/{task_id}/{index}"), v.value())
+                .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+            by_task.entry(task_id.to_string()).or_default().push(event);
+        }
+        for item in tasks.iter()? {
+            let (k, v) = item?;
+            let id = k.value();
+            let stored = decode::<StoredTask>(&format!("tasks/{id}"), v.value())
+                .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+            let evs = by_task.remove(id).unwrap_or_default();
+            snap.tasks.push((stored, evs));
+        }
+        for item in nodes.iter()? {
+            let (k, v) = item?;
+            let node = decode::<pb::Node>(&format!("nodes/{}", k.value()), v.value())
+                .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+            snap.nodes.push(node);
+        }
+        Ok(snap)
+    }
+
+    fn commit_inner(&self, batch: &[Mutation]) -> Result<(), redb::Error> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut tasks = txn.open_table(TASKS)?;
+            let mut events = txn.open_table(EVENTS)?;
+            let mut nodes = txn.open_table(NODES)?;
+            for m in batch {
+                match m {
+                    Mutation::PutTask(t) => {
+                        let id = t.task.as_ref().map(|t| t.id.as_str()).unwrap_or_default();
+                        tasks.insert(id, t.encode_to_vec().as_slice())?;
+                    }
+                    Mutation::DeleteTask(id) => {
+                        tasks.remove(id.as_str())?;
+                        events
+                            .retain_in((id.as_str(), 0)..=(id.as_str(), u32::MAX), |_, _| false)?;
+                    }
+                    Mutation::PutEvent {
+                        task_id,
+                        index,
+                        event,
+                    } => {
+                        events
+                            .insert((task_id.as_str(), *index), event.encode_to_vec().as_slice())?;
+                    }
+                    Mutation::PutNode(n) => {
+                        nodes.insert(n.id.as_str(), n.encode_to_vec().as_slice())?;
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+impl Store for RedbStore {
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        self.load_inner().map_err(backend("load"))
+    }
+
+    fn commit(&self, batch: &[Mutation]) -> Result<(), StoreError> {
+        self.commit_inner(batch).map_err(backend("commit"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn task(id: &str) -> StoredTask {
+        StoredTask {
+            task: Some(pb::Task {
+                id: id.into(),
+                ..Default::default()
+            }),
+            last_sequence: 7,
+        }
+    }
+
+    fn event(task_id: &str, reason: &str) -> pb::TaskEvent {
+        pb::TaskEvent {
+            task_id: task_id.into(),
+            reason: reason.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn survives_reopen_and_deletes_cascade() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = RedbStore::open(dir.path()).unwrap();
+            let mut batch = vec![
+                Mutation::PutTask(Box::new(task("t1"))),
+                Mutation::PutTask(Box::new(task("t2"))),
+            ];
+            for (i, r) in ["a", "b"].iter().enumerate() {
+                batch.push(Mutation::PutEvent {
+                    task_id: "t1".into(),
+                    index: u32::try_from(i).unwrap(),
+                    event: Box::new(event("t1", r)),
+                });
+            }
+            batch.push(Mutation::PutEvent {
+                task_id: "t2".into(),
+                index: 0,
+                event: Box::new(event("t2", "c")),
+            });
+            batch.push(Mutation::PutNode(Box::new(pb::Node {
+                id: "n1".into(),
+                name: "a".into(),
+                ..Default::default()
+            })));
+            s.commit(&batch).unwrap();
+        }
+        let s = RedbStore::open(dir.path()).unwrap();
+        let snap = s.load().unwrap();
+        assert_eq!(snap.tasks.len(), 2);
+        assert_eq!(snap.tasks[0].0, task("t1"));
+        let reasons: Vec<_> = snap.tasks[0].1.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(reasons, ["a", "b"]);
+        assert_eq!(snap.nodes[0].name, "a");
+
+        s.commit(&[Mutation::DeleteTask("t1".into())]).unwrap();
+        let snap = s.load().unwrap();
+        assert_eq!(snap.tasks.len(), 1);
+        assert_eq!(snap.tasks[0].1.len(), 1, "t2's events stay");
+    }
+}

@@ -1,0 +1,184 @@
+//! Task operations of the user API: create, get, list, stop.
+use std::ops::Bound;
+
+use minkube::convert::now;
+use minkube::pb::{self, DesiredState, TaskState};
+use minkube_common::{paging, state_machine, validate};
+
+use crate::cluster::Cluster;
+use crate::error::ManagerError;
+
+/// Filters of a task listing.
+#[derive(Debug, Default, Clone)]
+pub struct TaskFilter {
+    /// Keep tasks in any of these states; empty keeps all.
+    pub states: Vec<TaskState>,
+    /// Keep tasks on this node id.
+    pub node_id: Option<String>,
+}
+
+impl TaskFilter {
+    fn matches(&self, t: &pb::Task) -> bool {
+        let status = t.status.as_ref();
+        let state = status.map_or(TaskState::Unspecified, |s| s.state());
+        (self.states.is_empty() || self.states.contains(&state))
+            && self
+                .node_id
+                .as_ref()
+                .is_none_or(|n| status.is_some_and(|s| &s.node_id == n))
+    }
+}
+
+impl Cluster {
+    /// Validates, stores durably, then lets the scheduler place the task.
+    pub async fn create_task(&self, spec: Option<pb::TaskSpec>) -> Result<pb::Task, ManagerError> {
+        let spec = spec.ok_or_else(|| ManagerError::BadRequest("spec: is required".into()))?;
+        validate::validate_spec(&spec)?;
+        let created = now();
+        let task = pb::Task {
+            id: uuid::Uuid::now_v7().to_string(),
+            spec: Some(spec),
+            desired_state: DesiredState::Running as i32,
+            status: Some(pb::TaskStatus {
+                state: TaskState::Pending as i32,
+                reason: "waiting to be scheduled".into(),
+                ..Default::default()
+            }),
+            created_at: Some(created),
+            updated_at: Some(created),
+        };
+        let stored = task.clone();
+        self.write(move |st, out| {
+            st.insert_task(stored, out);
+            Ok(())
+        })
+        .await?;
+        self.kick_scheduler();
+        tracing::info!(task_id = %task.id, "task created");
+        Ok(task)
+    }
+
+    /// A task and its events.
+    pub fn get_task(&self, id: &str) -> Result<(pb::Task, Vec<pb::TaskEvent>), ManagerError> {
+        let st = self.lock();
+        let e = st
+            .tasks
+            .get(id)
+            .ok_or_else(|| ManagerError::TaskNotFound(id.to_string()))?;
+        Ok((e.task.clone(), e.events.clone()))
+    }
+
+    /// Resolves a node given by id or name, for filters.
+    pub fn resolve_node_id(&self, id_or_name: &str) -> Result<String, ManagerError> {
+        self.lock()
+            .find_node(id_or_name)
+            .map(|n| n.node.id.clone())
+            .ok_or_else(|| ManagerError::NodeNotFound(id_or_name.to_string()))
+    }
+
+    /// One page of tasks in creation order. The page token is the id of the
+    /// last task of the previous page.
+    pub fn list_tasks(
+        &self,
+        filter: &TaskFilter,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<pb::ListTasksResponse, ManagerError> {
+        let size = paging::page_size(page_size);
+        if !page_token.is_empty() && uuid::Uuid::parse_str(page_token).is_err() {
+            return Err(ManagerError::BadRequest(format!(
+                "page_token {page_token:?} is not a token this server issued: pass next_page_token unchanged"
+            )));
+        }
+        let st = self.lock();
+        let start = if page_token.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(page_token.to_string())
+        };
+        let mut tasks = Vec::with_capacity(size);
+        let mut has_next = false;
+        for (_, e) in st.tasks.range::<String, _>((start, Bound::Unbounded)) {
+            if !filter.matches(&e.task) {
+                continue;
+            }
+            if tasks.len() == size {
+                has_next = true;
+                break;
+            }
+            tasks.push(e.task.clone());
+        }
+        let total_count = if filter.states.is_empty() && filter.node_id.is_none() {
+            st.tasks.len()
+        } else {
+            st.tasks
+                .values()
+                .filter(|e| filter.matches(&e.task))
+                .count()
+        };
+        let next_page_token = if has_next {
+            tasks.last().map(|t| t.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(pb::ListTasksResponse {
+            tasks,
+            next_page_token,
+            total_count: u64::try_from(total_count).unwrap_or(u64::MAX),
+            has_next,
+        })
+    }
+
+    /// Records the wish to stop. A task not yet placed ends at once; a placed
+    /// one gets a stop order, and its agent's report ends it.
+    pub async fn stop_task(&self, id: &str) -> Result<pb::Task, ManagerError> {
+        let (task, order) = self
+            .write(|st, out| {
+                let e = st
+                    .tasks
+                    .get_mut(id)
+                    .ok_or_else(|| ManagerError::TaskNotFound(id.to_string()))?;
+                let state = e.state();
+                if state_machine::is_terminal(state) {
+                    return Ok((e.task.clone(), None));
+                }
+                e.task.set_desired_state(DesiredState::Stopped);
+                e.task.updated_at = Some(now());
+                if state == TaskState::Pending {
+                    st.transition(
+                        id,
+                        TaskState::Completed,
+                        "stopped by user before it was scheduled",
+                        |_| {},
+                        out,
+                    )
+                    .map_err(|e| ManagerError::BadRequest(e.to_string()))?;
+                } else {
+                    st.put_task(id, out);
+                }
+                let Some(e) = st.tasks.get(id) else {
+                    return Err(ManagerError::TaskNotFound(id.to_string()));
+                };
+                let status = e.status();
+                let order = (state != TaskState::Pending).then(|| {
+                    (
+                        status.node_id.clone(),
+                        pb::StopOrder {
+                            task_id: id.to_string(),
+                            attempt: status.attempt,
+                            reason: "stopped by user".into(),
+                            trace_context: Default::default(),
+                        },
+                    )
+                });
+                Ok((e.task.clone(), order))
+            })
+            .await?;
+        if let Some((node_id, order)) = order {
+            // If the agent is away, its next session's reconciliation stops it.
+            self.send(&node_id, pb::manager_message::Msg::Stop(order));
+        }
+        tracing::info!(task_id = id, "stop requested");
+        Ok(task)
+    }
+}
