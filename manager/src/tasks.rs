@@ -182,3 +182,94 @@ impl Cluster {
         Ok(task)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::cluster::ClusterConfig;
+    use crate::store::RedbStore;
+
+    fn spec(name: &str) -> pb::TaskSpec {
+        pb::TaskSpec {
+            name: name.into(),
+            image: "busybox".into(),
+            memory_mb: 16,
+            ..Default::default()
+        }
+    }
+
+    async fn cluster(dir: &std::path::Path) -> Arc<Cluster> {
+        let store = Arc::new(RedbStore::open(dir).unwrap());
+        Cluster::start(store, ClusterConfig::default()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn invalid_specs_store_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cluster(dir.path()).await;
+        let mut bad = spec("x");
+        bad.memory_mb = 4;
+        let err = c.create_task(Some(bad)).await.unwrap_err();
+        assert!(err.to_string().contains("spec.memory_mb"), "{err}");
+        assert!(c.create_task(None).await.is_err());
+        let page = c.list_tasks(&TaskFilter::default(), 0, "").unwrap();
+        assert_eq!(page.total_count, 0);
+        c.shutdown(std::time::Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test]
+    async fn pages_filters_and_survives_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cluster(dir.path()).await;
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            ids.push(
+                c.create_task(Some(spec(&format!("t{i}"))))
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        let stopped = c.stop_task(&ids[1]).await.unwrap();
+        assert_eq!(stopped.status.unwrap().state(), TaskState::Completed);
+
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        let mut pages = 0;
+        loop {
+            let p = c.list_tasks(&TaskFilter::default(), 2, &token).unwrap();
+            assert_eq!(p.total_count, 5);
+            pages += 1;
+            seen.extend(p.tasks.iter().map(|t| t.id.clone()));
+            if !p.has_next {
+                break;
+            }
+            token = p.next_page_token;
+        }
+        assert_eq!(pages, 3);
+        assert_eq!(seen, ids, "creation order, each once");
+
+        let pending = TaskFilter {
+            states: vec![TaskState::Pending],
+            node_id: None,
+        };
+        assert_eq!(c.list_tasks(&pending, 0, "").unwrap().total_count, 4);
+        assert!(c.list_tasks(&pending, 0, "garbage").is_err());
+        c.shutdown(std::time::Duration::from_secs(1)).await;
+        drop(c);
+
+        let c = cluster(dir.path()).await;
+        let (task, events) = c.get_task(&ids[1]).unwrap();
+        assert_eq!(task.desired_state(), DesiredState::Stopped);
+        let states: Vec<_> = events.iter().map(|e| e.state()).collect();
+        assert_eq!(states, [TaskState::Pending, TaskState::Completed]);
+        assert_eq!(c.list_tasks(&pending, 0, "").unwrap().total_count, 4);
+        let (_, events) = c.get_task(&ids[0]).unwrap();
+        assert_eq!(events.len(), 1);
+        assert!(c.get_task("nope").is_err());
+        c.shutdown(std::time::Duration::from_secs(1)).await;
+    }
+}
