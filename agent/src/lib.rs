@@ -1,1 +1,204 @@
-//! placeholder
+//! minkube worker agent: registers with the manager, holds one bidirectional
+//! stream to it, and runs the tasks placed on this node as Docker containers.
+//! State is pushed both ways: Docker events drive status updates, the
+//! manager's messages drive container operations; nothing polls.
+//!
+//! Pieces: [`session`] (the manager link), [`reconciler`] (the actor that owns
+//! the task records), [`runtime`] (Docker), [`local_store`] and [`identity`]
+//! (the data dir), [`hoststats`] (capacity), [`config`] (flags).
+pub mod config;
+pub mod hoststats;
+pub mod identity;
+pub mod local_store;
+pub mod reconciler;
+pub mod runtime;
+pub mod session;
+
+#[cfg(test)]
+mod e2e_tests;
+
+use std::future::Future;
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use minkube_common::retry::Backoff;
+use minkube_common::validate::validate_name;
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn, Instrument};
+
+pub use config::Args;
+
+use local_store::{LocalStore, StoreError};
+use reconciler::{Reconciler, Settings};
+use runtime::docker::DockerRuntime;
+use runtime::{Runtime, RuntimeError};
+use session::{Links, SessionConfig};
+
+/// Capacity of the channels between the session and the reconciler.
+const CHANNEL_CAPACITY: usize = 256;
+/// Docker requests may take this long on top of the stop timeout.
+const DOCKER_REQUEST_SLACK: Duration = Duration::from_secs(120);
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A flag is wrong.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The data dir is unusable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Docker refused to work with the agent.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// An internal part stopped on its own.
+    #[error("{0} stopped unexpectedly; see the log above")]
+    Crashed(&'static str),
+}
+
+/// Completes once `rx` turns true (or its sender is gone). The guard of the
+/// watch value is dropped inside, so callers stay `Send`.
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Aborts a helper task when the owner returns, whichever way it returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs the agent until `shutdown` completes. Containers are left running
+/// on shutdown: they are the user's work, and the next start adopts them.
+pub async fn run(
+    args: Args,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let _signal = AbortOnDrop(tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    }));
+
+    let name = args.node_name().ok_or_else(|| {
+        AgentError::Config("cannot read the host name: set --name or MINKUBE_NODE_NAME".into())
+    })?;
+    validate_name("--name", &name).map_err(|e| {
+        AgentError::Config(format!(
+            "{e}; set --name or MINKUBE_NODE_NAME to a valid node name"
+        ))
+    })?;
+    let store = LocalStore::open(&args.data_dir)?;
+    let Some(docker) = connect_docker(&args, &mut stop_rx).await? else {
+        return Ok(());
+    };
+    serve(args, name, store, Arc::new(docker), stop_rx).await
+}
+
+/// Everything after the checks: registration, the reconciler and the
+/// session loop, until `stop_rx` turns true.
+async fn serve(
+    args: Args,
+    name: String,
+    store: LocalStore,
+    runtime: Arc<dyn Runtime>,
+    mut stop_rx: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let capacity = hoststats::capacity();
+    info!(name = %name, cpu_cores = capacity.cpu_cores, memory_mb = capacity.memory_mb, data_dir = %args.data_dir.display(), "starting agent");
+    let cfg = SessionConfig {
+        manager: args.manager.clone(),
+        name,
+        address: args.advertise_address.clone(),
+        labels: args.labels.iter().cloned().collect(),
+        capacity,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        data_dir: args.data_dir.clone(),
+    };
+    let node_id = match identity::load_node_id(&args.data_dir)? {
+        Some(id) => id,
+        None => match session::register_first(&cfg, &mut stop_rx).await {
+            Some(id) => id,
+            None => return Ok(()),
+        },
+    };
+
+    let (input_tx, input_rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let (out_tx, out_rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let running = Arc::new(AtomicU32::new(0));
+    let settings = Settings {
+        stop_timeout: args.stop_timeout,
+        resync_interval: args.resync_interval,
+    };
+    let reconciler = Reconciler::new(
+        node_id.clone(),
+        runtime,
+        store,
+        settings,
+        out_tx,
+        Arc::clone(&running),
+    )?;
+    let span = tracing::info_span!("agent", node_id = %node_id);
+    let reconciler = tokio::spawn(
+        reconciler
+            .run(input_rx, stop_rx.clone())
+            .instrument(span.clone()),
+    );
+    let links = Links {
+        inputs: input_tx,
+        outbound: out_rx,
+        running,
+    };
+    let sessions =
+        tokio::spawn(session::run(cfg, node_id, links, stop_rx.clone()).instrument(span));
+
+    let (reconciler, sessions) = tokio::join!(reconciler, sessions);
+    for (part, joined) in [("reconciler", reconciler), ("session loop", sessions)] {
+        if let Err(e) = joined {
+            error!(part, error = %e, "task failed");
+        }
+    }
+    if *stop_rx.borrow() {
+        info!("agent stopped");
+        Ok(())
+    } else {
+        Err(AgentError::Crashed("the reconciler or the session loop"))
+    }
+}
+
+/// Connects to Docker, retrying while the daemon is unreachable. `None` if
+/// shutdown came first.
+async fn connect_docker(
+    args: &Args,
+    stop_rx: &mut watch::Receiver<bool>,
+) -> Result<Option<DockerRuntime>, AgentError> {
+    let backoff = Backoff {
+        initial: Duration::from_millis(500),
+        max: Duration::from_secs(30),
+        multiplier: 2.0,
+    };
+    let mut failures = 0u32;
+    loop {
+        let attempt = DockerRuntime::connect(args.stop_timeout + DOCKER_REQUEST_SLACK);
+        tokio::select! {
+            result = attempt => match result {
+                Ok(docker) => return Ok(Some(docker)),
+                Err(e) if e.is_transient() => {
+                    warn!(error = %e, "Docker is not reachable yet; retrying");
+                }
+                Err(e) => return Err(e.into()),
+            },
+            () = stopped(stop_rx) => return Ok(None),
+        }
+        let delay = backoff.delay(failures, &mut rand::rng());
+        failures = failures.saturating_add(1);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stopped(stop_rx) => return Ok(None),
+        }
+    }
+}

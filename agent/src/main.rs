@@ -1,1 +1,49 @@
-fn main() {}
+//! `minkube-agent`: parses flags, sets up logging and signals, runs the agent.
+use std::future::Future;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+/// Completes on the first SIGTERM/SIGINT; a second one exits at once.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = int.recv() => info!("SIGINT received"),
+        }
+        info!("shutting down; containers keep running (signal again to exit at once)");
+        // Lives until the process exits, so that a second signal still works.
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            warn!("second signal: exiting now");
+            std::process::exit(130);
+        });
+    })
+}
+
+fn main() {
+    let args = minkube_agent::Args::parse();
+    minkube_common::telemetry::init(args.log_format);
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|rt| {
+            rt.block_on(async move {
+                let shutdown = shutdown_signal().context("cannot install signal handlers")?;
+                minkube_agent::run(args, shutdown).await?;
+                Ok(())
+            })
+        });
+    if let Err(e) = result {
+        eprintln!("error: {}", minkube_agent::runtime::error_chain(e.as_ref()));
+        std::process::exit(1);
+    }
+}

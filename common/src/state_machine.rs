@@ -60,6 +60,7 @@ pub fn is_active_on_node(s: TaskState) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     const ALL: [TaskState; 6] = [

@@ -279,6 +279,7 @@ pub fn validate_spec(spec: &TaskSpec) -> Result<(), ValidationError> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn good() -> TaskSpec {

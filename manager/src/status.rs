@@ -25,7 +25,8 @@ fn fill(status: &mut pb::TaskStatus, u: &pb::TaskStatusUpdate) {
     if !u.container_id.is_empty() {
         status.container_id = u.container_id.clone();
     }
-    if !u.ports.is_empty() {
+    // Ports of a finished container are no longer bound: drop them.
+    if !u.ports.is_empty() || state_machine::is_terminal(u.state()) {
         status.ports = u.ports.clone();
     }
     if u.exit_code.is_some() {

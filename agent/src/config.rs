@@ -1,0 +1,145 @@
+//! Command-line flags and their environment variables.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use minkube_common::duration::parse_duration;
+use minkube_common::telemetry::LogFormat;
+
+/// minkube worker agent: holds one stream to the manager and runs the tasks
+/// placed on this node as Docker containers.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "minkube-agent", version, about)]
+pub struct Args {
+    /// Manager address, host:port or http://host:port.
+    #[arg(long, env = "MINKUBE_MANAGER", default_value = "127.0.0.1:7070")]
+    pub manager: String,
+
+    /// Unique node name [default: the host name].
+    #[arg(long, env = "MINKUBE_NODE_NAME")]
+    pub name: Option<String>,
+
+    /// Where the agent keeps its node id and task records.
+    #[arg(
+        long,
+        env = "MINKUBE_DATA_DIR",
+        default_value = "/var/lib/minkube/agent"
+    )]
+    pub data_dir: PathBuf,
+
+    /// Node label KEY=VALUE; repeat the flag, or comma-separate in the variable.
+    #[arg(
+        long = "label",
+        env = "MINKUBE_NODE_LABELS",
+        value_name = "KEY=VALUE",
+        value_delimiter = ',',
+        value_parser = parse_label
+    )]
+    pub labels: Vec<(String, String)>,
+
+    /// Address the agent advertises to the manager (informational).
+    #[arg(long, env = "MINKUBE_ADVERTISE_ADDRESS", default_value = "")]
+    pub advertise_address: String,
+
+    /// How often to re-list Docker as a safety net; events are the normal path.
+    #[arg(long, env = "MINKUBE_RESYNC_INTERVAL", default_value = "10m", value_parser = parse_positive_duration)]
+    pub resync_interval: Duration,
+
+    /// Grace period between SIGTERM and SIGKILL when stopping a container.
+    #[arg(long, env = "MINKUBE_STOP_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub stop_timeout: Duration,
+
+    /// Log line format: text or json.
+    #[arg(long, env = "MINKUBE_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Args {
+    /// The node name: `--name`, else the host name.
+    pub fn node_name(&self) -> Option<String> {
+        self.name.clone().or_else(crate::identity::hostname)
+    }
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("label {s:?} is not KEY=VALUE"))?;
+    let k = k.trim();
+    if k.is_empty() {
+        return Err(format!("label {s:?} has an empty key: use KEY=VALUE"));
+    }
+    Ok((k.to_string(), v.trim().to_string()))
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("{s:?} must be greater than zero"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let a = Args::try_parse_from(["minkube-agent"]).unwrap();
+        assert_eq!(a.manager, "127.0.0.1:7070");
+        assert_eq!(a.data_dir, PathBuf::from("/var/lib/minkube/agent"));
+        assert_eq!(a.resync_interval, Duration::from_secs(600));
+        assert_eq!(a.stop_timeout, Duration::from_secs(10));
+        assert_eq!(a.advertise_address, "");
+        assert!(a.labels.is_empty());
+        assert_eq!(a.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn flags() {
+        let a = Args::try_parse_from([
+            "minkube-agent",
+            "--manager",
+            "10.0.0.1:9",
+            "--name",
+            "w1",
+            "--label",
+            "zone=a",
+            "--label",
+            "disk=ssd,gpu=no",
+            "--resync-interval",
+            "30s",
+            "--stop-timeout",
+            "500ms",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(a.node_name().as_deref(), Some("w1"));
+        assert_eq!(
+            a.labels,
+            vec![
+                ("zone".into(), "a".into()),
+                ("disk".into(), "ssd".into()),
+                ("gpu".into(), "no".into())
+            ]
+        );
+        assert_eq!(a.resync_interval, Duration::from_secs(30));
+        assert_eq!(a.stop_timeout, Duration::from_millis(500));
+        assert_eq!(a.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for args in [
+            ["minkube-agent", "--label", "novalue"],
+            ["minkube-agent", "--label", "=x"],
+            ["minkube-agent", "--resync-interval", "0s"],
+            ["minkube-agent", "--stop-timeout", "5d"],
+        ] {
+            assert!(Args::try_parse_from(args).is_err(), "{args:?}");
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! Command-line shape of `minkube` and the parsers for its `K=V`, port and
+//! state arguments. Parsers return plain `String` errors so clap prints them
+//! next to the offending flag.
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use minkube::convert::parse_task_state;
+use minkube::pb::{Protocol, PullPolicy, TaskState};
+
+/// Prefix of label keys minkube keeps for itself.
+const RESERVED_LABEL_PREFIX: &str = "minkube.";
+
+/// `minkube`: run and inspect tasks on a minkube cluster.
+#[derive(Debug, Parser)]
+#[command(
+    name = "minkube",
+    version,
+    about = "Run and inspect tasks on a minkube cluster"
+)]
+pub struct Cli {
+    /// Address of the manager (host:port or http://host:port).
+    #[arg(
+        long,
+        global = true,
+        env = "MINKUBE_MANAGER",
+        default_value = "127.0.0.1:7070"
+    )]
+    pub manager: String,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned text for people.
+    Table,
+    /// JSON objects keyed by proto field names, for scripts.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a task; prints its id.
+    Run(RunArgs),
+    /// List tasks, oldest first.
+    Ps(PsArgs),
+    /// Show one task with its events.
+    Get {
+        /// Task id.
+        id: String,
+    },
+    /// Stop a task: its container is stopped and removed.
+    Stop {
+        /// Task id.
+        id: String,
+    },
+    /// List nodes.
+    Nodes,
+    /// Inspect nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+/// `minkube node ...`.
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Show one node.
+    Get {
+        /// Node name or id.
+        node: String,
+    },
+}
+
+/// Arguments of `minkube run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Task name: 1-63 chars of [a-z0-9-], starting and ending with a letter or digit.
+    pub name: String,
+    /// Image to run, e.g. busybox:latest.
+    #[arg(long)]
+    pub image: String,
+    /// Memory limit in MiB (also what the scheduler reserves).
+    #[arg(long, value_name = "MB", default_value_t = 64)]
+    pub memory: u64,
+    /// CPU limit in cores, e.g. 0.5 (default: no limit).
+    #[arg(long, value_name = "N", value_parser = parse_cpu)]
+    pub cpu: Option<f64>,
+    /// Environment variable, repeatable.
+    #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Container port to publish on a host port Docker picks, repeatable.
+    #[arg(long = "port", short = 'p', value_name = "P[/udp]", value_parser = parse_port)]
+    pub ports: Vec<(u32, Protocol)>,
+    /// Label copied onto the container, repeatable.
+    #[arg(long = "label", short = 'l', value_name = "K=V", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// When the agent pulls the image.
+    #[arg(long, value_enum, default_value_t = PullPolicyArg::IfNotPresent)]
+    pub pull_policy: PullPolicyArg,
+    /// Command and arguments, after `--`; empty keeps the image's default.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// `--pull-policy` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PullPolicyArg {
+    /// Pull only when the image is missing on the node.
+    IfNotPresent,
+    /// Pull before every start.
+    Always,
+    /// Never pull; a missing image fails the task.
+    Never,
+}
+
+impl From<PullPolicyArg> for PullPolicy {
+    fn from(p: PullPolicyArg) -> Self {
+        match p {
+            PullPolicyArg::IfNotPresent => PullPolicy::IfNotPresent,
+            PullPolicyArg::Always => PullPolicy::Always,
+            PullPolicyArg::Never => PullPolicy::Never,
+        }
+    }
+}
+
+/// Arguments of `minkube ps`.
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Only tasks in this state (pending, scheduled, running, completed, failed), repeatable.
+    #[arg(long = "state", short = 's', value_name = "S", value_parser = parse_state)]
+    pub states: Vec<TaskState>,
+    /// Only tasks placed on this node (name or id).
+    #[arg(long, value_name = "N")]
+    pub node: Option<String>,
+    /// Tasks per page (1-1000).
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
+    /// Fetch every page instead of the first one.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Parses `KEY=VALUE` for `--env`: the key must be non-empty; the value may
+/// be empty and may itself contain '='.
+pub fn parse_env(s: &str) -> Result<(String, String), String> {
+    let (k, v) = split_key_value(s, "--env")?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// Parses `KEY=VALUE` for `--label`, rejecting keys reserved for minkube.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = split_key_value(s, "--label")?;
+    if k.starts_with(RESERVED_LABEL_PREFIX) {
+        return Err(format!(
+            "label key {k:?} starts with {RESERVED_LABEL_PREFIX:?}, which is reserved for minkube; pick another key"
+        ));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn split_key_value<'a>(s: &'a str, flag: &str) -> Result<(&'a str, &'a str), String> {
+    match s.split_once('=') {
+        None => Err(format!(
+            "expected KEY=VALUE, got {s:?} (e.g. {flag} MODE=fast)"
+        )),
+        Some(("", _)) => Err(format!("empty key in {s:?}: expected KEY=VALUE")),
+        Some((k, v)) => Ok((k, v)),
+    }
+}
+
+/// Parses `PORT`, `PORT/tcp` or `PORT/udp`; the port must be 1-65535.
+pub fn parse_port(s: &str) -> Result<(u32, Protocol), String> {
+    let (port, proto) = match s.split_once('/') {
+        None => (s, Protocol::Tcp),
+        Some((p, proto)) => match proto.to_ascii_lowercase().as_str() {
+            "tcp" => (p, Protocol::Tcp),
+            "udp" => (p, Protocol::Udp),
+            _ => {
+                return Err(format!(
+                    "unknown protocol {proto:?} in {s:?}: use PORT, PORT/tcp or PORT/udp"
+                ))
+            }
+        },
+    };
+    match port.parse::<u32>() {
+        Ok(n) if (1..=65535).contains(&n) => Ok((n, proto)),
+        _ => Err(format!(
+            "invalid port {port:?} in {s:?}: expected a number from 1 to 65535, e.g. 8080 or 53/udp"
+        )),
+    }
+}
+
+/// Parses a task state name for `--state`.
+pub fn parse_state(s: &str) -> Result<TaskState, String> {
+    parse_task_state(s).ok_or_else(|| {
+        format!("unknown state {s:?}: use one of pending, scheduled, running, completed, failed")
+    })
+}
+
+/// Parses `--cpu`: a finite, non-negative number of cores.
+pub fn parse_cpu(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 => Ok(n),
+        _ => Err(format!(
+            "invalid CPU amount {s:?}: expected a non-negative number of cores, e.g. 0.5"
+        )),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("minkube").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn env_values() {
+        assert_eq!(parse_env("A=1").unwrap(), ("A".into(), "1".into()));
+        assert_eq!(parse_env("A=").unwrap(), ("A".into(), String::new()));
+        assert_eq!(parse_env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert!(parse_env("A").unwrap_err().contains("expected KEY=VALUE"));
+        assert!(parse_env("=1").unwrap_err().contains("empty key"));
+    }
+
+    #[test]
+    fn label_values() {
+        assert_eq!(
+            parse_label("app=web").unwrap(),
+            ("app".into(), "web".into())
+        );
+        assert!(parse_label("minkube.task-id=x")
+            .unwrap_err()
+            .contains("reserved"));
+        assert!(parse_label("novalue").is_err());
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!(parse_port("8080").unwrap(), (8080, Protocol::Tcp));
+        assert_eq!(parse_port("80/tcp").unwrap(), (80, Protocol::Tcp));
+        assert_eq!(parse_port("53/UDP").unwrap(), (53, Protocol::Udp));
+        assert!(parse_port("0").unwrap_err().contains("1 to 65535"));
+        assert!(parse_port("70000").is_err());
+        assert!(parse_port("http").is_err());
+        assert!(parse_port("80/sctp")
+            .unwrap_err()
+            .contains("unknown protocol"));
+    }
+
+    #[test]
+    fn states_and_cpu() {
+        assert_eq!(parse_state("Running").unwrap(), TaskState::Running);
+        assert!(parse_state("bogus").unwrap_err().contains("pending"));
+        assert_eq!(parse_cpu("0.5").unwrap(), 0.5);
+        assert!(parse_cpu("-1").is_err());
+        assert!(parse_cpu("NaN").is_err());
+    }
+
+    #[test]
+    fn run_command_line() {
+        let cli = parse(&[
+            "-o", "json", "run", "web", "--image", "busybox", "--env", "A=1", "--port", "53/udp",
+            "--label", "team=x", "--memory", "128", "--cpu", "0.5", "--", "sh", "-c", "echo hi",
+        ])
+        .unwrap();
+        assert_eq!(cli.output, Output::Json);
+        let Command::Run(r) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(r.name, "web");
+        assert_eq!(r.image, "busybox");
+        assert_eq!(r.memory, 128);
+        assert_eq!(r.cpu, Some(0.5));
+        assert_eq!(r.env, vec![("A".to_string(), "1".to_string())]);
+        assert_eq!(r.ports, vec![(53, Protocol::Udp)]);
+        assert_eq!(r.labels, vec![("team".to_string(), "x".to_string())]);
+        assert_eq!(r.pull_policy, PullPolicyArg::IfNotPresent);
+        assert_eq!(r.command, vec!["sh", "-c", "echo hi"]);
+    }
+
+    #[test]
+    fn run_defaults_and_errors() {
+        let cli = parse(&["run", "a", "--image", "i"]).unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(r.memory, 64);
+        assert_eq!(r.cpu, None);
+        assert!(r.command.is_empty());
+        assert!(parse(&["run", "a"]).is_err(), "--image is required");
+        let err = parse(&["run", "a", "--image", "i", "--env", "NOEQ"]).unwrap_err();
+        assert!(err.to_string().contains("expected KEY=VALUE"), "{err}");
+        let err = parse(&["run", "a", "--image", "i", "--pull-policy", "sometimes"]).unwrap_err();
+        assert!(err.to_string().contains("if-not-present"), "{err}");
+    }
+
+    #[test]
+    fn ps_and_node_command_lines() {
+        let cli = parse(&[
+            "ps", "--state", "running", "--state", "failed", "--node", "n1", "--all",
+        ])
+        .unwrap();
+        let Command::Ps(p) = cli.command else {
+            panic!("expected ps")
+        };
+        assert_eq!(p.states, vec![TaskState::Running, TaskState::Failed]);
+        assert_eq!(p.node.as_deref(), Some("n1"));
+        assert_eq!(p.limit, 100);
+        assert!(p.all);
+        assert!(parse(&["ps", "--limit", "0"]).is_err());
+        assert!(parse(&["ps", "--limit", "1001"]).is_err());
+        let cli = parse(&["--manager", "h:1", "node", "get", "n1", "-o", "json"]).unwrap();
+        assert_eq!(cli.manager, "h:1");
+        assert_eq!(cli.output, Output::Json);
+        assert!(matches!(cli.command, Command::Node(NodeCommand::Get { node }) if node == "n1"));
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

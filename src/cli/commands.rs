@@ -1,0 +1,281 @@
+//! One function per subcommand: build the request, call the manager, and
+//! return the text to print.
+use std::future::Future;
+use std::time::Duration;
+
+use minkube::client::ControlClient;
+use minkube::pb::{
+    CreateTaskRequest, GetNodeRequest, GetTaskRequest, ListNodesRequest, ListNodesResponse,
+    ListTasksRequest, ListTasksResponse, PortSpec, StopTaskRequest, Task, TaskSpec,
+};
+
+use super::args::{Output, PsArgs, RunArgs};
+use super::error::CliError;
+use super::{detail, json, table};
+
+/// How long one call may take before the CLI gives up.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connected client plus what is needed to explain its failures.
+pub struct Session {
+    client: ControlClient,
+    manager: String,
+}
+
+impl Session {
+    /// Dials the manager.
+    pub async fn connect(manager: &str) -> Result<Self, CliError> {
+        minkube::client::endpoint(manager).map_err(CliError::BadAddress)?;
+        let client = minkube::client::control(manager)
+            .await
+            .map_err(CliError::Connect)?;
+        Ok(Session {
+            client,
+            manager: manager.to_string(),
+        })
+    }
+
+    /// Runs one call with the CLI's deadline and maps its errors.
+    async fn call<T, F>(&self, fut: F) -> Result<T, CliError>
+    where
+        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+            Err(_) => Err(CliError::Timeout {
+                manager: self.manager.clone(),
+                after: CALL_TIMEOUT,
+            }),
+            Ok(Err(status)) => Err(CliError::Status {
+                manager: self.manager.clone(),
+                status,
+            }),
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+        }
+    }
+}
+
+/// The spec `minkube run` sends.
+pub fn build_spec(a: &RunArgs) -> TaskSpec {
+    let mut spec = TaskSpec {
+        name: a.name.clone(),
+        image: a.image.clone(),
+        command: a.command.clone(),
+        env: a.env.iter().cloned().collect(),
+        memory_mb: a.memory,
+        cpu: a.cpu.unwrap_or(0.0),
+        ports: a
+            .ports
+            .iter()
+            .map(|(p, proto)| PortSpec {
+                container_port: *p,
+                protocol: *proto as i32,
+            })
+            .collect(),
+        labels: a.labels.iter().cloned().collect(),
+        ..Default::default()
+    };
+    spec.set_pull_policy(a.pull_policy.into());
+    spec
+}
+
+fn pretty(v: &serde_json::Value) -> String {
+    // Serializing a Value cannot fail; fall back to compact form regardless.
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
+    s.push('\n');
+    s
+}
+
+fn task_or_malformed(t: Option<Task>) -> Result<Task, CliError> {
+    t.ok_or(CliError::Malformed("task"))
+}
+
+/// `minkube run`: table mode prints the id alone.
+pub async fn run(s: &Session, a: &RunArgs, out: Output) -> Result<String, CliError> {
+    let req = CreateTaskRequest {
+        spec: Some(build_spec(a)),
+    };
+    let mut client = s.client.clone();
+    let resp = s.call(client.create_task(req)).await?;
+    let task = task_or_malformed(resp.task)?;
+    Ok(match out {
+        Output::Table => format!("{}\n", task.id),
+        Output::Json => pretty(&json::task(&task)),
+    })
+}
+
+/// `minkube stop`: table mode prints the id alone, like `run`.
+pub async fn stop(s: &Session, id: &str, out: Output) -> Result<String, CliError> {
+    let mut client = s.client.clone();
+    let resp = s
+        .call(client.stop_task(StopTaskRequest { id: id.to_string() }))
+        .await?;
+    let task = task_or_malformed(resp.task)?;
+    Ok(match out {
+        Output::Table => format!("{}\n", task.id),
+        Output::Json => pretty(&json::task(&task)),
+    })
+}
+
+/// `minkube get`.
+pub async fn get(s: &Session, id: &str, out: Output) -> Result<String, CliError> {
+    let mut client = s.client.clone();
+    let resp = s
+        .call(client.get_task(GetTaskRequest { id: id.to_string() }))
+        .await?;
+    Ok(match out {
+        Output::Table => detail::task(&task_or_malformed(resp.task)?, &resp.events),
+        Output::Json => pretty(&json::task_with_events(resp.task.as_ref(), &resp.events)),
+    })
+}
+
+/// Puts the pages of a paged listing together.
+fn merge_task_pages(pages: Vec<ListTasksResponse>) -> ListTasksResponse {
+    let total_count = pages.last().map_or(0, |p| p.total_count);
+    ListTasksResponse {
+        tasks: pages.into_iter().flat_map(|p| p.tasks).collect(),
+        next_page_token: String::new(),
+        total_count,
+        has_next: false,
+    }
+}
+
+/// `minkube ps`: one page, or every page with --all.
+pub async fn ps(s: &Session, a: &PsArgs, out: Output) -> Result<String, CliError> {
+    let mut req = ListTasksRequest {
+        page_size: a.limit,
+        page_token: String::new(),
+        states: a.states.iter().map(|st| *st as i32).collect(),
+        node: a.node.clone().unwrap_or_default(),
+    };
+    let mut client = s.client.clone();
+    let first = s.call(client.list_tasks(req.clone())).await?;
+    let resp = if a.all {
+        let mut pages = vec![first];
+        while let Some(last) = pages
+            .last()
+            .filter(|p| p.has_next && !p.next_page_token.is_empty())
+        {
+            if last.next_page_token == req.page_token {
+                return Err(CliError::Malformed(
+                    "new page token (the same page was returned twice)",
+                ));
+            }
+            req.page_token = last.next_page_token.clone();
+            pages.push(s.call(client.list_tasks(req.clone())).await?);
+        }
+        merge_task_pages(pages)
+    } else {
+        first
+    };
+    Ok(match out {
+        Output::Json => pretty(&json::task_list(&resp)),
+        Output::Table => {
+            let mut text = table::tasks(&resp.tasks, &minkube::convert::now());
+            if let Some(f) = table::ps_footer(resp.tasks.len(), resp.total_count, resp.has_next) {
+                text.push_str(&f);
+                text.push('\n');
+            }
+            text
+        }
+    })
+}
+
+/// `minkube nodes`: every node (all pages).
+pub async fn nodes(s: &Session, out: Output) -> Result<String, CliError> {
+    let mut client = s.client.clone();
+    let mut req = ListNodesRequest::default();
+    let mut all = ListNodesResponse::default();
+    loop {
+        let page = s.call(client.list_nodes(req.clone())).await?;
+        all.nodes.extend(page.nodes);
+        all.total_count = page.total_count;
+        if !page.has_next || page.next_page_token.is_empty() {
+            break;
+        }
+        if page.next_page_token == req.page_token {
+            return Err(CliError::Malformed(
+                "new page token (the same page was returned twice)",
+            ));
+        }
+        req.page_token = page.next_page_token;
+    }
+    Ok(match out {
+        Output::Json => pretty(&json::node_list(&all)),
+        Output::Table => table::nodes(&all.nodes, &minkube::convert::now()),
+    })
+}
+
+/// `minkube node get`.
+pub async fn node_get(s: &Session, node: &str, out: Output) -> Result<String, CliError> {
+    let mut client = s.client.clone();
+    let resp = s
+        .call(client.get_node(GetNodeRequest {
+            node: node.to_string(),
+        }))
+        .await?;
+    let n = resp.node.ok_or(CliError::Malformed("node"))?;
+    Ok(match out {
+        Output::Table => detail::node(&n),
+        Output::Json => pretty(&json::node(&n)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::args::PullPolicyArg;
+    use minkube::pb::{Protocol, PullPolicy};
+
+    #[test]
+    fn spec_from_args() {
+        let a = RunArgs {
+            name: "web".into(),
+            image: "busybox".into(),
+            memory: 32,
+            cpu: None,
+            env: vec![("A".into(), "1".into()), ("A".into(), "2".into())],
+            ports: vec![(8080, Protocol::Tcp), (53, Protocol::Udp)],
+            labels: vec![("team".into(), "x".into())],
+            pull_policy: PullPolicyArg::Never,
+            command: vec!["sleep".into(), "1".into()],
+        };
+        let s = build_spec(&a);
+        assert_eq!(s.name, "web");
+        assert_eq!(s.memory_mb, 32);
+        assert_eq!(s.cpu, 0.0);
+        // A repeated key keeps its last value.
+        assert_eq!(s.env.get("A").map(String::as_str), Some("2"));
+        assert_eq!(s.ports.len(), 2);
+        assert_eq!(s.ports[1].protocol(), Protocol::Udp);
+        assert_eq!(s.labels.get("team").map(String::as_str), Some("x"));
+        assert_eq!(s.pull_policy(), PullPolicy::Never);
+        assert_eq!(s.command, vec!["sleep", "1"]);
+    }
+
+    #[test]
+    fn pages_merge() {
+        let t = |id: &str| Task {
+            id: id.into(),
+            ..Default::default()
+        };
+        let merged = merge_task_pages(vec![
+            ListTasksResponse {
+                tasks: vec![t("a"), t("b")],
+                next_page_token: "x".into(),
+                total_count: 3,
+                has_next: true,
+            },
+            ListTasksResponse {
+                tasks: vec![t("c")],
+                next_page_token: String::new(),
+                total_count: 3,
+                has_next: false,
+            },
+        ]);
+        let ids: Vec<&str> = merged.tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, vec!["a", "b", "c"]);
+        assert_eq!(merged.total_count, 3);
+        assert!(!merged.has_next);
+        assert!(merged.next_page_token.is_empty());
+    }
+}

@@ -1,0 +1,45 @@
+//! The `minkube` command line: argument parsing, calls to the manager's
+//! ControlService and the table/JSON rendering of the answers.
+pub mod args;
+pub mod commands;
+pub mod detail;
+pub mod error;
+pub mod json;
+pub mod names;
+pub mod table;
+pub mod timefmt;
+
+use std::io::Write;
+
+use args::{Cli, Command, NodeCommand};
+use commands::Session;
+pub use error::CliError;
+
+/// Runs one parsed command line and writes its output to stdout.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let session = Session::connect(&cli.manager).await?;
+    let out = cli.output;
+    let text = match &cli.command {
+        Command::Run(a) => commands::run(&session, a, out).await?,
+        Command::Ps(a) => commands::ps(&session, a, out).await?,
+        Command::Get { id } => commands::get(&session, id, out).await?,
+        Command::Stop { id } => commands::stop(&session, id, out).await?,
+        Command::Nodes => commands::nodes(&session, out).await?,
+        Command::Node(NodeCommand::Get { node }) => commands::node_get(&session, node, out).await?,
+    };
+    write_stdout(&text)
+}
+
+/// Writes to stdout; a closed pipe (e.g. `minkube ps | head`) is not an error.
+fn write_stdout(text: &str) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(CliError::Output(e.to_string()))
+        }
+        _ => Ok(()),
+    }
+}
