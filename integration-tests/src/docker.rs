@@ -1,0 +1,65 @@
+//! The docker CLI, run synchronously: simple, and independent of the
+//! product's own Docker client.
+use std::collections::HashMap;
+use std::process::{Command, Output};
+
+/// Runs `docker args` and returns its output; panics if docker cannot be started.
+pub fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `docker {}`: {e}", args.join(" ")))
+}
+
+/// Runs `docker args` and returns stdout; panics with stderr on failure.
+pub fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(
+        out.status.success(),
+        "`docker {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Ids of every container (running or not) carrying `label` (`key=value`).
+pub fn containers_with_label(label: &str) -> Vec<String> {
+    let filter = format!("label={label}");
+    docker_ok(&["ps", "-a", "--no-trunc", "-q", "--filter", &filter])
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Ids of the containers of one minkube task.
+pub fn task_containers(task_id: &str) -> Vec<String> {
+    containers_with_label(&format!("minkube.task-id={task_id}"))
+}
+
+/// The labels of a container.
+pub fn container_labels(container: &str) -> HashMap<String, String> {
+    let json = docker_ok(&["inspect", "--format", "{{json .Config.Labels}}", container]);
+    let value: serde_json::Value = serde_json::from_str(json.trim())
+        .unwrap_or_else(|e| panic!("labels of {container} are not JSON ({e}): {json}"));
+    value
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Force-removes containers, ignoring ones already gone.
+pub fn remove_containers(ids: &[String]) {
+    if ids.is_empty() {
+        return;
+    }
+    let mut args = vec!["rm", "-f", "-v"];
+    args.extend(ids.iter().map(String::as_str));
+    let _ = docker(&args);
+}

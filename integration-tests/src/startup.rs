@@ -1,0 +1,56 @@
+//! Reading the manager's start-up line from its stdout.
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::ChildStdout;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::process::{open_append, tail, ManagedProcess, LOG_TAIL};
+
+/// How long the manager may take to print its listening line.
+const MANAGER_START: Duration = Duration::from_secs(30);
+/// The line the manager prints once it serves, followed by its address.
+const LISTENING: &str = "minkube-manager listening on ";
+
+/// Forwards each stdout line to a log file and a channel.
+pub fn forward_lines(stdout: ChildStdout, log: PathBuf) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    // Ends when the process closes its stdout (it exits or is killed).
+    std::thread::spawn(move || {
+        let mut file = open_append(&log);
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = writeln!(file, "{line}");
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// Waits for the manager's `listening on ADDR` line and returns ADDR.
+pub fn wait_listening(lines: &mpsc::Receiver<String>, process: &mut ManagedProcess) -> String {
+    let deadline = Instant::now() + MANAGER_START;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(addr) = line.trim().strip_prefix(LISTENING) {
+                    return addr.trim().to_string();
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                "the manager printed no `{LISTENING}ADDR` line within {MANAGER_START:?}; log:\n{}",
+                tail(process.log_path(), LOG_TAIL)
+            ),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // Give the exit status a moment to be observable.
+                std::thread::sleep(Duration::from_millis(200));
+                panic!(
+                    "the manager closed its stdout before listening (exit: {:?}); log:\n{}",
+                    process.exit_status(),
+                    tail(process.log_path(), LOG_TAIL)
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The manager's store survives a crash: kill -9, restart on the same data
+//! dir and port, and every task is there with its status and events.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use minkube::pb::{GetTaskResponse, ListTasksRequest, TaskState};
+use minkube_integration_tests::{describe, Cluster, WAIT};
+
+/// What must survive a restart, per task.
+fn snapshot(resp: &GetTaskResponse) -> String {
+    let task = resp.task.as_ref().unwrap();
+    let s = describe::status(task);
+    let events: Vec<String> = resp
+        .events
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {:?} attempt={} node={} reason={:?} at={:?}",
+                e.id,
+                describe::event_state(e),
+                e.attempt,
+                e.node_id,
+                e.reason,
+                e.timestamp
+            )
+        })
+        .collect();
+    format!(
+        "spec={:?} desired={} state={:?} node={} exit={:?} attempt={} container={} \
+         ports={:?} started={:?} finished={:?} created={:?} events={events:#?}",
+        task.spec,
+        task.desired_state,
+        describe::state(task),
+        s.node_id,
+        s.exit_code,
+        s.attempt,
+        s.container_id,
+        s.ports,
+        s.started_at,
+        s.finished_at,
+        task.created_at,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_and_events_survive_a_manager_crash() {
+    let mut cluster = Cluster::start(&["a"]).await;
+
+    let done = cluster
+        .create(cluster.spec("done", &["sh", "-c", "exit 0"]))
+        .await;
+    let failed = cluster
+        .create(cluster.spec("failed", &["sh", "-c", "exit 3"]))
+        .await;
+    let running = cluster
+        .create(cluster.spec("running", &["sleep", "300"]))
+        .await;
+    // Larger than any node: stays PENDING.
+    let mut huge = cluster.spec("huge", &["true"]);
+    huge.memory_mb = 16 * 1024 * 1024;
+    let pending = cluster.create(huge).await;
+
+    cluster
+        .wait_task_state(&done.id, &[TaskState::Completed], WAIT)
+        .await;
+    cluster
+        .wait_task_state(&failed.id, &[TaskState::Failed], WAIT)
+        .await;
+    cluster
+        .wait_task_state(&running.id, &[TaskState::Running], WAIT)
+        .await;
+    let ids = [&done.id, &failed.id, &running.id, &pending.id];
+
+    let mut before = BTreeMap::new();
+    for id in ids {
+        before.insert(id.clone(), cluster.get(id).await);
+    }
+    assert_eq!(
+        describe::state(before[&pending.id].task.as_ref().unwrap()),
+        TaskState::Pending,
+        "{}",
+        describe::task_with_events(&before[&pending.id])
+    );
+    let list_before = cluster.list(ListTasksRequest::default()).await;
+    assert_eq!(list_before.total_count, 4);
+
+    cluster.kill_manager();
+    cluster.restart_manager();
+
+    let list_after = cluster.list(ListTasksRequest::default()).await;
+    assert_eq!(list_after.total_count, 4, "{:?}", list_after.tasks);
+    let listed: Vec<&str> = list_after.tasks.iter().map(|t| t.id.as_str()).collect();
+    let listed_before: Vec<&str> = list_before.tasks.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(listed, listed_before, "same tasks, same order");
+
+    for id in ids {
+        let after = cluster.get(id).await;
+        let was = &before[id];
+        assert_eq!(
+            after.events.len(),
+            was.events.len(),
+            "events of {id} before: {} after: {}",
+            describe::task_with_events(was),
+            describe::task_with_events(&after)
+        );
+        assert_eq!(
+            snapshot(&after),
+            snapshot(was),
+            "task {id} changed across the restart"
+        );
+        let reason_after = describe::status(after.task.as_ref().unwrap()).reason;
+        let reason_before = describe::status(was.task.as_ref().unwrap()).reason;
+        if id != &pending.id {
+            // A PENDING task's reason may be recomputed; the others are final.
+            assert_eq!(reason_after, reason_before, "reason of {id}");
+        } else {
+            assert!(!reason_after.is_empty(), "pending task keeps a reason");
+        }
+    }
+
+    // The agent comes back on its own and the cluster keeps working.
+    cluster.wait_nodes_ready(1).await;
+    let next = cluster
+        .create(cluster.spec("after-restart", &["sleep", "300"]))
+        .await;
+    assert!(!ids.contains(&&next.id), "a fresh id");
+    cluster
+        .wait_task_state(&next.id, &[TaskState::Running], WAIT)
+        .await;
+    let still = cluster.get(&running.id).await;
+    assert_eq!(
+        describe::state(still.task.as_ref().unwrap()),
+        TaskState::Running,
+        "{}",
+        describe::task_with_events(&still)
+    );
+    assert_eq!(
+        still.events.len(),
+        before[&running.id].events.len(),
+        "reconnecting adds no event to an unchanged task: {}",
+        describe::task_with_events(&still)
+    );
+}
