@@ -63,3 +63,21 @@ pub fn remove_containers(ids: &[String]) {
     args.extend(ids.iter().map(String::as_str));
     let _ = docker(&args);
 }
+
+/// Waits until Docker lists no container of the task (stop removes it).
+pub async fn wait_task_containers_gone(task_id: &str) {
+    crate::wait_for(
+        &format!("the container of task {task_id} to be removed"),
+        crate::WAIT,
+        crate::POLL,
+        async || {
+            let left = task_containers(task_id);
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("docker ps -a still lists {left:?}"))
+            }
+        },
+    )
+    .await;
+}

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use minkube::pb::{PortSpec, Protocol, TaskState};
-use minkube_integration_tests::docker::task_containers;
+use minkube_integration_tests::docker::{task_containers, wait_task_containers_gone};
 use minkube_integration_tests::{describe, wait_for, Cluster, POLL, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -92,20 +92,7 @@ async fn cli_stop_completes_and_removes_the_container() {
         "{}",
         describe::task(t)
     );
-    wait_for(
-        "the stopped task's container to be removed",
-        WAIT,
-        POLL,
-        async || {
-            let left = task_containers(&task.id);
-            if left.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("docker ps -a still lists {left:?}"))
-            }
-        },
-    )
-    .await;
+    wait_task_containers_gone(&task.id).await;
 
     // Stopping a finished task is a no-op.
     cluster.cli_ok(&["stop", &task.id]).await;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use minkube::pb::TaskState;
-use minkube_integration_tests::docker::{docker_ok, task_containers};
+use minkube_integration_tests::docker::{docker_ok, task_containers, wait_task_containers_gone};
 use minkube_integration_tests::{describe, wait_for, Cluster, POLL, WAIT};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -72,20 +72,7 @@ async fn agent_restart_keeps_node_and_running_task() {
     cluster
         .wait_task_state(&task.id, &[TaskState::Completed], WAIT)
         .await;
-    wait_for(
-        "the container to be removed after the stop",
-        WAIT,
-        POLL,
-        async || {
-            let left = task_containers(&task.id);
-            if left.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{left:?}"))
-            }
-        },
-    )
-    .await;
+    wait_task_containers_gone(&task.id).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,9 +5,11 @@
 use std::time::Duration;
 
 use minkube::pb::{Task, TaskState};
-use minkube_integration_tests::docker::{container_labels, task_containers};
+use minkube_integration_tests::docker::{
+    container_labels, task_containers, wait_task_containers_gone,
+};
 use minkube_integration_tests::image::RUN_LABEL;
-use minkube_integration_tests::{describe, wait_for, Cluster, POLL, WAIT};
+use minkube_integration_tests::{describe, Cluster, WAIT};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn round_robin_over_three_nodes() {
@@ -104,20 +106,7 @@ async fn round_robin_over_three_nodes() {
             node_id(names[tasks.iter().position(|t| t.id == task.id).unwrap() % 3]),
             "a stopped task keeps its node"
         );
-        wait_for(
-            &format!("the container of {} to be removed", task.id),
-            WAIT,
-            POLL,
-            async || {
-                let left = task_containers(&task.id);
-                if left.is_empty() {
-                    Ok(())
-                } else {
-                    Err(format!("{left:?}"))
-                }
-            },
-        )
-        .await;
+        wait_task_containers_gone(&task.id).await;
     }
 }
 
