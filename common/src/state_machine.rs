@@ -8,10 +8,13 @@ use TaskState::{Completed, Failed, Pending, Running, Scheduled};
 
 /// Every legal `(from, to)` pair. Anything else is refused.
 ///
-/// Beyond the core lifecycle there are two extra edges, both only for a user's
-/// stop request, because a task that never started cannot "complete" any other way:
-/// - `Pending -> Completed`: stopped before it was placed on a node.
+/// Beyond the core lifecycle there are three extra edges, each for one real case:
+/// - `Pending -> Completed`: stopped by the user before it was placed on a node
+///   (a task that never started cannot complete any other way).
 /// - `Scheduled -> Completed`: stopped after placement but before its container ran.
+/// - `Running -> Scheduled`: a new attempt. The container ended or its node was
+///   lost, and the restart policy asks to run the task again; the new attempt
+///   starts from Scheduled like the first one.
 pub const TRANSITIONS: &[(TaskState, TaskState)] = &[
     (Pending, Scheduled),
     (Pending, Completed),
@@ -22,6 +25,7 @@ pub const TRANSITIONS: &[(TaskState, TaskState)] = &[
     (Running, Running),
     (Running, Completed),
     (Running, Failed),
+    (Running, Scheduled),
 ];
 
 /// A transition the table does not allow.
@@ -84,6 +88,7 @@ mod tests {
             (Running, Running),
             (Running, Completed),
             (Running, Failed),
+            (Running, Scheduled),
         ];
         for from in ALL {
             for to in ALL {

@@ -26,6 +26,10 @@ pub const MAX_ENV_KEY_LEN: usize = 256;
 pub const MAX_ENV_VALUE_LEN: usize = 32 * 1024;
 /// Most exposed ports.
 pub const MAX_PORTS: usize = 64;
+/// Most restarts a spec may ask for under the on-failure policy.
+pub const MAX_RESTARTS: u32 = 1000;
+/// Most attempts after transient errors a spec may ask for.
+pub const MAX_ATTEMPTS: u32 = 100;
 /// Most labels.
 pub const MAX_LABELS: usize = 64;
 /// Longest label key.
@@ -274,6 +278,30 @@ pub fn validate_spec(spec: &TaskSpec) -> Result<(), ValidationError> {
         ));
     }
     validate_labels(spec.labels.iter())?;
+    if minkube::pb::RestartPolicy::try_from(spec.restart_policy).is_err() {
+        return Err(err(
+            "spec.restart_policy",
+            "unknown restart policy: use NEVER, ON_FAILURE or ALWAYS",
+        ));
+    }
+    if spec.max_restarts > MAX_RESTARTS {
+        return Err(err(
+            "spec.max_restarts",
+            format!(
+                "{} is above the maximum of {MAX_RESTARTS}",
+                spec.max_restarts
+            ),
+        ));
+    }
+    if spec.max_attempts > MAX_ATTEMPTS {
+        return Err(err(
+            "spec.max_attempts",
+            format!(
+                "{} is above the maximum of {MAX_ATTEMPTS}",
+                spec.max_attempts
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -404,5 +432,14 @@ mod tests {
         let mut s = good();
         s.pull_policy = 42;
         assert_eq!(field_of(&s), "spec.pull_policy");
+        let mut s = good();
+        s.restart_policy = 42;
+        assert_eq!(field_of(&s), "spec.restart_policy");
+        let mut s = good();
+        s.max_restarts = MAX_RESTARTS + 1;
+        assert_eq!(field_of(&s), "spec.max_restarts");
+        let mut s = good();
+        s.max_attempts = MAX_ATTEMPTS + 1;
+        assert_eq!(field_of(&s), "spec.max_attempts");
     }
 }

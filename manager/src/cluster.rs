@@ -10,9 +10,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::ManagerError;
+use crate::policy::RetryTimings;
 use crate::scheduler;
 use crate::state::State;
 use crate::store::{committer, Committer, Mutation, Store};
+use minkube_common::retry::Backoff;
 
 /// Tunables of the core.
 #[derive(Debug, Clone)]
@@ -23,6 +25,17 @@ pub struct ClusterConfig {
     pub session_buffer: usize,
     /// Writes that may wait for the store at once.
     pub max_pending_writes: usize,
+    /// A READY node silent this long becomes DOWN.
+    pub node_timeout: Duration,
+    /// A node not READY this long since its last message is lost: its tasks
+    /// are rescheduled or failed.
+    pub reconnect_grace: Duration,
+    /// Backoff of retries and restarts.
+    pub retry: RetryTimings,
+    /// Finished tasks older than this are deleted.
+    pub retention: Duration,
+    /// At most this many finished tasks are kept; the oldest go first.
+    pub max_finished_tasks: usize,
 }
 
 impl Default for ClusterConfig {
@@ -31,6 +44,17 @@ impl Default for ClusterConfig {
             heartbeat_interval: Duration::from_secs(5),
             session_buffer: 1024,
             max_pending_writes: 16 * 1024,
+            node_timeout: Duration::from_secs(15),
+            reconnect_grace: Duration::from_secs(60),
+            retry: RetryTimings {
+                backoff: Backoff {
+                    initial: Duration::from_secs(1),
+                    max: Duration::from_secs(60),
+                    multiplier: 2.0,
+                },
+            },
+            retention: Duration::from_secs(24 * 3600),
+            max_finished_tasks: 100_000,
         }
     }
 }
@@ -55,7 +79,7 @@ impl Cluster {
         tracing::info!(
             tasks = state.tasks.len(),
             nodes = state.nodes.len(),
-            pending = state.pending.len(),
+            waiting = state.unplaced.len(),
             "state loaded"
         );
         let committer = Committer::start(store, config.max_pending_writes)?;
@@ -69,6 +93,10 @@ impl Cluster {
         });
         let c = Arc::clone(&cluster);
         cluster.tasks.spawn(async move { c.run_scheduler().await });
+        let c = Arc::clone(&cluster);
+        cluster.tasks.spawn(async move { c.run_liveness().await });
+        let c = Arc::clone(&cluster);
+        cluster.tasks.spawn(async move { c.run_retention().await });
         cluster.kick_scheduler();
         Ok(cluster)
     }
@@ -102,20 +130,41 @@ impl Cluster {
     }
 
     async fn run_scheduler(self: Arc<Self>) {
+        let mut wake_at: Option<std::time::SystemTime> = None;
         loop {
+            // Sleep until kicked, or until a task's backoff ends.
+            let backoff_ends = async {
+                match wake_at {
+                    Some(t) => {
+                        let d = t
+                            .duration_since(std::time::SystemTime::now())
+                            .unwrap_or(Duration::ZERO);
+                        tokio::time::sleep(d).await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
                 () = self.schedule.notified() => {}
+                () = backoff_ends => {}
             }
-            let placed = self.write(|st, out| Ok(scheduler::schedule(st, out))).await;
-            match placed {
-                Ok(placements) => {
-                    for p in placements {
+            let now = std::time::SystemTime::now();
+            match self
+                .write(|st, out| Ok(scheduler::schedule(st, now, out)))
+                .await
+            {
+                Ok(pass) => {
+                    wake_at = pass.wake_at;
+                    for p in pass.placements {
                         let msg = pb::manager_message::Msg::Assignment(p.assignment);
                         self.send(&p.node_id, msg);
                     }
                 }
-                Err(e) => tracing::error!(error = %e, "scheduling pass failed"),
+                Err(e) => {
+                    tracing::error!(error = %e, "scheduling pass failed; retrying in 1s");
+                    wake_at = Some(now + Duration::from_secs(1));
+                }
             }
         }
     }

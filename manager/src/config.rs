@@ -34,6 +34,25 @@ pub struct Args {
     /// Heartbeat interval agents are told to use.
     #[arg(long, env = "MINKUBE_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
+    /// A node silent this long (no heartbeat or other message) is DOWN.
+    #[arg(long, env = "MINKUBE_NODE_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub node_timeout: Duration,
+    /// A node away (disconnected or down) this long is lost: its tasks get a
+    /// new attempt elsewhere or fail with "node lost", by their restart policy.
+    #[arg(long, env = "MINKUBE_RECONNECT_GRACE", default_value = "60s", value_parser = parse_duration)]
+    pub reconnect_grace: Duration,
+    /// First delay before a retry or restart; doubles per attempt.
+    #[arg(long, env = "MINKUBE_RETRY_BACKOFF", default_value = "1s", value_parser = parse_duration)]
+    pub retry_backoff: Duration,
+    /// Longest delay before a retry or restart.
+    #[arg(long, env = "MINKUBE_RETRY_BACKOFF_MAX", default_value = "60s", value_parser = parse_duration)]
+    pub retry_backoff_max: Duration,
+    /// Finished tasks older than this are deleted with their events.
+    #[arg(long, env = "MINKUBE_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    pub retention: Duration,
+    /// Most finished tasks kept; past it the oldest finished are deleted first.
+    #[arg(long, env = "MINKUBE_MAX_FINISHED_TASKS", default_value_t = 100_000)]
+    pub max_finished_tasks: usize,
     /// Largest accepted request message, in bytes.
     #[arg(long, env = "MINKUBE_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_request_bytes: usize,

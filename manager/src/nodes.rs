@@ -77,6 +77,7 @@ impl Cluster {
                         ..Default::default()
                     },
                     session: None,
+                    last_seen: tokio::time::Instant::now(),
                 });
                 let n = &mut entry.node;
                 n.name = req.name.clone();
@@ -116,7 +117,9 @@ impl Cluster {
             old.cancel.cancel();
         }
         entry.node.set_state(NodeState::Ready);
+        entry.node.lost = false;
         entry.node.last_heartbeat = Some(now());
+        entry.last_seen = tokio::time::Instant::now();
         drop(st);
         self.kick_scheduler();
         Ok(session)
@@ -131,15 +134,25 @@ impl Cluster {
                     s.cancel.cancel();
                 }
                 entry.node.set_state(NodeState::Disconnected);
-                tracing::info!(node_id, "node disconnected");
+                tracing::warn!(node_id, "node disconnected");
             }
         }
     }
 
-    /// Records a sign of life.
+    /// Records a sign of life; a DOWN node that speaks again is READY.
     pub(crate) fn heartbeat(&self, node_id: &str) {
-        if let Some(e) = self.lock().nodes.get_mut(node_id) {
-            e.node.last_heartbeat = Some(now());
+        let mut st = self.lock();
+        let Some(e) = st.nodes.get_mut(node_id) else {
+            return;
+        };
+        e.last_seen = tokio::time::Instant::now();
+        e.node.last_heartbeat = Some(now());
+        if e.node.state() == NodeState::Down && e.session.is_some() {
+            tracing::info!(node_id, "node is heard from again: ready");
+            e.node.set_state(NodeState::Ready);
+            e.node.lost = false;
+            drop(st);
+            self.kick_scheduler();
         }
     }
 

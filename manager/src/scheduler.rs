@@ -2,6 +2,8 @@
 //! without the memory a task reserves. A task no node can take stays PENDING
 //! with a reason and is retried whenever capacity appears (a node connects,
 //! a task ends), so nothing waits forever for a poll.
+use std::time::SystemTime;
+
 use minkube::pb::{self, NodeState, TaskState};
 
 use crate::state::State;
@@ -73,20 +75,42 @@ fn candidates(st: &State) -> Vec<Candidate> {
     c
 }
 
-/// Places every PENDING task it can, oldest first.
-pub fn schedule(st: &mut State, out: &mut Vec<Mutation>) -> Vec<Placement> {
+/// Result of a scheduling pass.
+#[derive(Debug, Default)]
+pub struct Pass {
+    /// Tasks placed; send their assignments once the pass is durable.
+    pub placements: Vec<Placement>,
+    /// Earliest time a task waiting out a backoff may be placed.
+    pub wake_at: Option<SystemTime>,
+}
+
+fn not_before(status: &pb::TaskStatus) -> Option<SystemTime> {
+    status
+        .next_attempt_at
+        .as_ref()
+        .map(minkube::convert::from_timestamp)
+}
+
+/// Places every waiting task it can, oldest first: PENDING tasks and new
+/// attempts whose backoff has passed.
+pub fn schedule(st: &mut State, now: SystemTime, out: &mut Vec<Mutation>) -> Pass {
     let mut cands = candidates(st);
-    let mut placements = Vec::new();
-    let queue: Vec<String> = st.pending.iter().cloned().collect();
+    let mut pass = Pass::default();
+    let queue: Vec<String> = st.unplaced.iter().cloned().collect();
     for id in queue {
         let Some(entry) = st.tasks.get(&id) else {
+            st.unplaced.remove(&id);
             continue;
         };
+        if let Some(t) = not_before(entry.status()).filter(|t| *t > now) {
+            pass.wake_at = Some(pass.wake_at.map_or(t, |w| w.min(t)));
+            continue;
+        }
         let need = entry.memory_mb();
-        let attempt = entry.status().attempt.saturating_add(1);
+        let attempt = entry.status().attempt.max(1);
         let Some(i) = pick_round_robin(&cands, st.rr_cursor.as_deref(), need) else {
             let reason = unplaceable_reason(need);
-            if entry.status().reason != reason {
+            if entry.state() == TaskState::Pending && entry.status().reason != reason {
                 if let Some(e) = st.tasks.get_mut(&id) {
                     e.task.status.get_or_insert_with(Default::default).reason = reason;
                 }
@@ -95,7 +119,11 @@ pub fn schedule(st: &mut State, out: &mut Vec<Mutation>) -> Vec<Placement> {
             continue;
         };
         let node = cands[i].clone();
-        let reason = format!("placed on node {}", node.name);
+        let reason = if attempt > 1 {
+            format!("attempt {attempt} placed on node {}", node.name)
+        } else {
+            format!("placed on node {}", node.name)
+        };
         let placed = st.transition(
             &id,
             TaskState::Scheduled,
@@ -104,6 +132,7 @@ pub fn schedule(st: &mut State, out: &mut Vec<Mutation>) -> Vec<Placement> {
                 s.node_id = node.id.clone();
                 s.node_name = node.name.clone();
                 s.attempt = attempt;
+                s.next_attempt_at = None;
             },
             out,
         );
@@ -111,16 +140,17 @@ pub fn schedule(st: &mut State, out: &mut Vec<Mutation>) -> Vec<Placement> {
             tracing::error!(task_id = %id, error = %e, "cannot place task");
             continue;
         }
+        st.unplaced.remove(&id);
         cands[i].free_mb = cands[i].free_mb.saturating_sub(need);
         st.rr_cursor = Some(node.name.clone());
         if let Some(e) = st.tasks.get(&id) {
-            placements.push(Placement {
+            pass.placements.push(Placement {
                 node_id: node.id,
                 assignment: assignment_of(&e.task),
             });
         }
     }
-    placements
+    pass
 }
 
 /// The assignment message for a placed task.
@@ -191,6 +221,7 @@ mod tests {
                     tx,
                     cancel: Default::default(),
                 }),
+                last_seen: tokio::time::Instant::now(),
             },
         );
     }
@@ -222,11 +253,11 @@ mod tests {
         for (i, mb) in [60, 60, 60].iter().enumerate() {
             pending(&mut st, &format!("t{i}"), *mb, &mut out);
         }
-        let placed = schedule(&mut st, &mut out);
+        let placed = schedule(&mut st, SystemTime::now(), &mut out).placements;
         let nodes: Vec<_> = placed.iter().map(|p| p.node_id.as_str()).collect();
         assert_eq!(nodes, ["id-a", "id-b"]);
         assert_eq!(placed[0].assignment.attempt, 1);
-        assert!(st.pending.contains("t2"));
+        assert!(st.unplaced.contains("t2"));
         assert_eq!(
             st.tasks["t2"].status().reason,
             "no ready node with 60 MB free"

@@ -13,7 +13,9 @@ use crate::api::{AgentApi, ControlApi};
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::Args;
 use crate::error::ManagerError;
+use crate::policy::RetryTimings;
 use crate::store::{RedbStore, Store};
+use minkube_common::retry::Backoff;
 
 /// A failure to start or run the manager.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,17 @@ impl Manager {
             Arc::new(RedbStore::open(&args.data_dir).map_err(ManagerError::from)?);
         let config = ClusterConfig {
             heartbeat_interval: args.heartbeat_interval,
+            node_timeout: args.node_timeout,
+            reconnect_grace: args.reconnect_grace,
+            retry: RetryTimings {
+                backoff: Backoff {
+                    initial: args.retry_backoff,
+                    max: args.retry_backoff_max.max(args.retry_backoff),
+                    multiplier: 2.0,
+                },
+            },
+            retention: args.retention,
+            max_finished_tasks: args.max_finished_tasks,
             ..ClusterConfig::default()
         };
         let cluster = Cluster::start(store, config)?;

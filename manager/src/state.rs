@@ -30,18 +30,8 @@ impl TaskEntry {
 
     /// Observed status (always present on stored tasks).
     pub fn status(&self) -> &pb::TaskStatus {
-        static EMPTY: pb::TaskStatus = pb::TaskStatus {
-            state: 0,
-            reason: String::new(),
-            node_id: String::new(),
-            node_name: String::new(),
-            container_id: String::new(),
-            exit_code: None,
-            ports: Vec::new(),
-            started_at: None,
-            finished_at: None,
-            attempt: 0,
-        };
+        static EMPTY: std::sync::LazyLock<pb::TaskStatus> =
+            std::sync::LazyLock::new(pb::TaskStatus::default);
         self.task.status.as_ref().unwrap_or(&EMPTY)
     }
 
@@ -55,6 +45,15 @@ impl TaskEntry {
             task: Some(self.task.clone()),
             last_sequence: self.last_sequence,
         }
+    }
+}
+
+/// Whether a task waits for the scheduler.
+fn needs_node(e: &TaskEntry) -> bool {
+    match e.state() {
+        TaskState::Pending => true,
+        TaskState::Scheduled => e.status().node_id.is_empty(),
+        _ => false,
     }
 }
 
@@ -76,6 +75,9 @@ pub struct NodeEntry {
     pub node: pb::Node,
     /// The open session.
     pub session: Option<Session>,
+    /// Last message from the agent, on the monotonic clock (node timeout and
+    /// reconnect grace are measured from it).
+    pub last_seen: tokio::time::Instant,
 }
 
 /// What the active tasks of a node reserve.
@@ -107,8 +109,10 @@ pub struct State {
     pub tasks: BTreeMap<String, TaskEntry>,
     /// Nodes by id.
     pub nodes: HashMap<String, NodeEntry>,
-    /// Ids of PENDING tasks, creation order: the scheduler's queue.
-    pub pending: BTreeSet<String>,
+    /// Ids of tasks waiting for a node, creation order: the scheduler's
+    /// queue. PENDING tasks, and SCHEDULED ones whose next attempt is not
+    /// placed yet (retries, restarts, tasks of a lost node).
+    pub unplaced: BTreeSet<String>,
     /// Reservations per node id.
     usage: HashMap<String, Usage>,
     /// Name of the node that got the last placement (round-robin cursor).
@@ -127,6 +131,9 @@ impl State {
                 NodeEntry {
                     node,
                     session: None,
+                    // A restart counts as contact: agents get a full grace
+                    // period to reconnect before their tasks are handled.
+                    last_seen: tokio::time::Instant::now(),
                 },
             );
         }
@@ -138,8 +145,8 @@ impl State {
                 events,
             };
             let id = entry.task.id.clone();
-            if entry.state() == TaskState::Pending {
-                st.pending.insert(id.clone());
+            if needs_node(&entry) {
+                st.unplaced.insert(id.clone());
             }
             if state_machine::is_active_on_node(entry.state()) {
                 st.reserve(&entry, 1);
@@ -151,6 +158,9 @@ impl State {
 
     fn reserve(&mut self, entry: &TaskEntry, sign: i8) {
         let node = entry.status().node_id.clone();
+        if node.is_empty() {
+            return; // waiting for a node: nothing reserved anywhere
+        }
         let cpu = entry.task.spec.as_ref().map_or(0.0, |s| s.cpu);
         let u = self.usage.entry(node).or_default();
         if sign > 0 {
@@ -192,8 +202,83 @@ impl State {
             index: 0,
             event: Box::new(event),
         });
-        self.pending.insert(id.clone());
+        self.unplaced.insert(id.clone());
         self.tasks.insert(id, entry);
+    }
+
+    /// Starts a new attempt of an active task: back to SCHEDULED without a
+    /// node, placed by the scheduler once `delay` has passed.
+    pub fn new_attempt(
+        &mut self,
+        id: &str,
+        reason: &str,
+        delay: std::time::Duration,
+        kind: crate::policy::AttemptKind,
+        out: &mut Vec<Mutation>,
+    ) -> Result<(), TransitionError> {
+        let not_before = std::time::SystemTime::now() + delay;
+        self.transition(
+            id,
+            TaskState::Scheduled,
+            reason,
+            |s| {
+                s.node_id.clear();
+                s.node_name.clear();
+                s.container_id.clear();
+                s.ports.clear();
+                s.started_at = None;
+                s.finished_at = None;
+                s.attempt = s.attempt.saturating_add(1);
+                s.next_attempt_at = Some(minkube::convert::to_timestamp(not_before));
+                match kind {
+                    crate::policy::AttemptKind::Restart => {
+                        s.restarts = s.restarts.saturating_add(1);
+                        s.transient_failures = 0;
+                    }
+                    crate::policy::AttemptKind::Retry => {
+                        s.transient_failures = s.transient_failures.saturating_add(1);
+                    }
+                }
+            },
+            out,
+        )?;
+        if let Some(e) = self.tasks.get_mut(id) {
+            // The agent numbers the new attempt's updates afresh.
+            e.last_sequence = 0;
+        }
+        self.put_task(id, out);
+        self.unplaced.insert(id.to_string());
+        Ok(())
+    }
+
+    /// Carries out a retry-policy decision for an active task.
+    pub fn apply_decision(
+        &mut self,
+        id: &str,
+        decision: crate::policy::Decision,
+        out: &mut Vec<Mutation>,
+    ) -> Result<(), TransitionError> {
+        match decision {
+            crate::policy::Decision::Finish(state, reason) => {
+                self.transition(id, state, &reason, |_| {}, out)
+            }
+            crate::policy::Decision::Again {
+                kind,
+                delay,
+                reason,
+            } => self.new_attempt(id, &reason, delay, kind, out),
+        }
+    }
+
+    /// Deletes a task and its events (retention).
+    pub fn remove_task(&mut self, id: &str, out: &mut Vec<Mutation>) {
+        if let Some(e) = self.tasks.remove(id) {
+            if state_machine::is_active_on_node(e.state()) {
+                self.reserve(&e, -1);
+            }
+            self.unplaced.remove(id);
+            out.push(Mutation::DeleteTask(id.to_string()));
+        }
     }
 
     /// Persists a task's current record (after a change that is not a transition).
@@ -253,8 +338,8 @@ impl State {
             index,
             event: Box::new(event),
         });
-        if from == TaskState::Pending {
-            self.pending.remove(id);
+        if from == TaskState::Pending || state_machine::is_terminal(to) {
+            self.unplaced.remove(id);
         }
         if state_machine::is_active_on_node(to) {
             let e = entry.clone();
@@ -323,10 +408,10 @@ mod tests {
         let mut st = State::default();
         let mut out = Vec::new();
         st.insert_task(task("t1", 100), &mut out);
-        assert!(st.pending.contains("t1"));
+        assert!(st.unplaced.contains("t1"));
         st.transition("t1", TaskState::Scheduled, "placed", place("n1"), &mut out)
             .unwrap();
-        assert!(st.pending.is_empty());
+        assert!(st.unplaced.is_empty());
         assert_eq!(st.usage("n1").memory_mb, 100);
         st.transition("t1", TaskState::Running, "started", |_| {}, &mut out)
             .unwrap();
@@ -380,7 +465,7 @@ mod tests {
             }],
         };
         let re = State::from_snapshot(snap);
-        assert!(re.pending.contains("a") && !re.pending.contains("b"));
+        assert!(re.unplaced.contains("a") && !re.unplaced.contains("b"));
         assert_eq!(re.usage("n1").memory_mb, 20);
         assert_eq!(re.nodes["n1"].node.state(), pb::NodeState::Disconnected);
     }

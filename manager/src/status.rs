@@ -2,12 +2,13 @@
 //! updates, never by the manager guessing. Stale and duplicate updates are
 //! dropped by (attempt, sequence).
 use minkube::convert::task_state_name;
-use minkube::pb::{self, DesiredState, TaskState};
+use minkube::pb::{self, DesiredState, FailureKind, TaskState};
 use minkube_common::state_machine;
 
 use crate::cluster::Cluster;
 use crate::error::ManagerError;
-use crate::state::State;
+use crate::policy::{self, Outcome, RetryTimings};
+use crate::state::{State, TransitionError};
 use crate::store::Mutation;
 
 /// What applying one update did.
@@ -44,6 +45,7 @@ fn fill(status: &mut pb::TaskStatus, u: &pb::TaskStatusUpdate) {
 pub fn apply_update(
     st: &mut State,
     node_id: &str,
+    timings: &RetryTimings,
     u: &pb::TaskStatusUpdate,
     out: &mut Vec<Mutation>,
 ) -> Applied {
@@ -79,10 +81,60 @@ pub fn apply_update(
         st.put_task(&u.task_id, out);
         return Applied::Ignored("illegal transition");
     }
-    match st.transition(&u.task_id, to, &u.reason, |s| fill(s, u), out) {
+    let result = if state_machine::is_terminal(to) {
+        finish_attempt(st, u, to, timings, out)
+    } else {
+        st.transition(
+            &u.task_id,
+            to,
+            &u.reason,
+            |s| {
+                fill(s, u);
+                if to == TaskState::Running {
+                    // It started: transient trouble is over.
+                    s.transient_failures = 0;
+                }
+            },
+            out,
+        )
+    };
+    match result {
         Ok(()) => Applied::Changed,
         Err(_) => Applied::Ignored("illegal transition"),
     }
+}
+
+/// How the agent's terminal report reads to the retry policy.
+fn outcome_of(u: &pb::TaskStatusUpdate, to: TaskState) -> Outcome {
+    if to == TaskState::Completed {
+        return Outcome::Succeeded;
+    }
+    match u.failure() {
+        FailureKind::Transient => Outcome::Transient(u.reason.clone()),
+        FailureKind::Permanent => Outcome::Permanent(u.reason.clone()),
+        FailureKind::Exited | FailureKind::Unspecified => Outcome::Exited(u.reason.clone()),
+    }
+}
+
+/// An attempt ended: finish the task, or start a new attempt, as the
+/// policy decides.
+fn finish_attempt(
+    st: &mut State,
+    u: &pb::TaskStatusUpdate,
+    to: TaskState,
+    timings: &RetryTimings,
+    out: &mut Vec<Mutation>,
+) -> Result<(), TransitionError> {
+    let Some(e) = st.tasks.get(&u.task_id) else {
+        return Err(TransitionError::NotFound(u.task_id.clone()));
+    };
+    let outcome = outcome_of(u, to);
+    let decision = policy::decide(&e.task, &outcome, timings, &mut rand::rng());
+    if let Some(e) = st.tasks.get_mut(&u.task_id) {
+        // The ended attempt's facts (exit code, times) stay visible either way.
+        fill(e.task.status.get_or_insert_with(Default::default), u);
+    }
+    st.apply_decision(&u.task_id, decision, out)
 }
 
 /// What the node should run (DesiredSet) and what it must stop, for a new session.
@@ -122,7 +174,7 @@ impl Cluster {
             .write(|st, out| {
                 let mut freed = false;
                 for u in &batch.updates {
-                    let applied = apply_update(st, node_id, u, out);
+                    let applied = apply_update(st, node_id, &self.config.retry, u, out);
                     if let Applied::Ignored(why) = applied {
                         tracing::debug!(node_id, task_id = %u.task_id, why, "update ignored");
                     }
@@ -152,6 +204,14 @@ impl Cluster {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    const T: RetryTimings = RetryTimings {
+        backoff: minkube_common::retry::Backoff {
+            initial: std::time::Duration::from_millis(100),
+            max: std::time::Duration::from_secs(1),
+            multiplier: 2.0,
+        },
+    };
 
     fn placed(st: &mut State, id: &str, node: &str) {
         let mut out = Vec::new();
@@ -203,7 +263,13 @@ mod tests {
         placed(&mut st, "t", "n1");
         let mut out = Vec::new();
         assert_eq!(
-            apply_update(&mut st, "n1", &update("t", 1, TaskState::Running), &mut out),
+            apply_update(
+                &mut st,
+                "n1",
+                &T,
+                &update("t", 1, TaskState::Running),
+                &mut out
+            ),
             Applied::Changed
         );
         assert_eq!(st.tasks["t"].status().container_id, "c1");
@@ -211,6 +277,7 @@ mod tests {
             apply_update(
                 &mut st,
                 "n1",
+                &T,
                 &update("t", 3, TaskState::Completed),
                 &mut out
             ),
@@ -218,7 +285,13 @@ mod tests {
         );
         // Arrives late: must not resurrect the task.
         assert_eq!(
-            apply_update(&mut st, "n1", &update("t", 2, TaskState::Running), &mut out),
+            apply_update(
+                &mut st,
+                "n1",
+                &T,
+                &update("t", 2, TaskState::Running),
+                &mut out
+            ),
             Applied::Ignored("stale sequence")
         );
         assert_eq!(st.tasks["t"].state(), TaskState::Completed);
@@ -232,19 +305,19 @@ mod tests {
         let mut out = Vec::new();
         let u = update("t", 1, TaskState::Running);
         assert_eq!(
-            apply_update(&mut st, "n2", &u, &mut out),
+            apply_update(&mut st, "n2", &T, &u, &mut out),
             Applied::Ignored("task is placed on another node")
         );
         let mut old = u.clone();
         old.attempt = 7;
         assert_eq!(
-            apply_update(&mut st, "n1", &old, &mut out),
+            apply_update(&mut st, "n1", &T, &old, &mut out),
             Applied::Ignored("update for another attempt")
         );
         let mut bad = update("t", 2, TaskState::Pending);
         bad.reason = "x".into();
         assert_eq!(
-            apply_update(&mut st, "n1", &bad, &mut out),
+            apply_update(&mut st, "n1", &T, &bad, &mut out),
             Applied::Ignored("illegal transition")
         );
         assert_eq!(st.tasks["t"].state(), TaskState::Scheduled);
@@ -252,10 +325,93 @@ mod tests {
             apply_update(
                 &mut st,
                 "n1",
+                &T,
                 &update("nope", 1, TaskState::Running),
                 &mut out
             ),
             Applied::Ignored("unknown task")
+        );
+    }
+
+    #[test]
+    fn transient_failures_retry_and_exits_follow_the_restart_policy() {
+        let mut st = State::default();
+        placed(&mut st, "t", "n1");
+        let mut out = Vec::new();
+        let mut u = update("t", 1, TaskState::Failed);
+        u.failure = FailureKind::Transient as i32;
+        u.reason = "docker unavailable".into();
+        assert_eq!(
+            apply_update(&mut st, "n1", &T, &u, &mut out),
+            Applied::Changed
+        );
+        let e = &st.tasks["t"];
+        assert_eq!(e.state(), TaskState::Scheduled);
+        assert_eq!(e.status().attempt, 2);
+        assert!(e.status().next_attempt_at.is_some());
+        assert!(
+            e.status().reason.starts_with("attempt 2/3 in"),
+            "{}",
+            e.status().reason
+        );
+        assert!(st.unplaced.contains("t"));
+        // A late report of attempt 1 changes nothing.
+        let mut late = update("t", 2, TaskState::Running);
+        late.attempt = 1;
+        assert_eq!(
+            apply_update(&mut st, "n1", &T, &late, &mut out),
+            Applied::Ignored("task is placed on another node")
+        );
+
+        let mut st = State::default();
+        placed(&mut st, "p", "n1");
+        let mut u = update("p", 1, TaskState::Failed);
+        u.failure = FailureKind::Permanent as i32;
+        u.reason = "image \"x\" not found".into();
+        apply_update(&mut st, "n1", &T, &u, &mut out);
+        assert_eq!(st.tasks["p"].state(), TaskState::Failed);
+        assert_eq!(
+            st.tasks["p"]
+                .events
+                .iter()
+                .filter(|e| e.state() == TaskState::Failed)
+                .count(),
+            1
+        );
+
+        let mut st = State::default();
+        placed(&mut st, "a", "n1");
+        st.tasks
+            .get_mut("a")
+            .unwrap()
+            .task
+            .spec
+            .as_mut()
+            .unwrap()
+            .restart_policy = pb::RestartPolicy::Always as i32;
+        apply_update(
+            &mut st,
+            "n1",
+            &T,
+            &update("a", 1, TaskState::Running),
+            &mut out,
+        );
+        apply_update(
+            &mut st,
+            "n1",
+            &T,
+            &update("a", 2, TaskState::Completed),
+            &mut out,
+        );
+        let e = &st.tasks["a"];
+        assert_eq!(
+            (e.state(), e.status().attempt, e.status().restarts),
+            (TaskState::Scheduled, 2, 1)
+        );
+        assert_eq!(
+            e.status().exit_code,
+            Some(0),
+            "the ended attempt's exit code stays visible"
         );
     }
 

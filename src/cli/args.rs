@@ -4,7 +4,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use minkube::convert::parse_task_state;
-use minkube::pb::{Protocol, PullPolicy, TaskState};
+use minkube::pb::{Protocol, PullPolicy, RestartPolicy, TaskState};
 
 /// Prefix of label keys minkube keeps for itself.
 const RESERVED_LABEL_PREFIX: &str = "minkube.";
@@ -102,6 +102,15 @@ pub struct RunArgs {
     /// When the agent pulls the image.
     #[arg(long, value_enum, default_value_t = PullPolicyArg::IfNotPresent)]
     pub pull_policy: PullPolicyArg,
+    /// Whether the task runs again after its container ends or its node is lost.
+    #[arg(long = "restart", value_enum, default_value_t = RestartArg::Never)]
+    pub restart: RestartArg,
+    /// Most restarts with `--restart on-failure` (default 3).
+    #[arg(long)]
+    pub max_restarts: Option<u32>,
+    /// Most attempts after transient errors such as Docker being unreachable (default 3).
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
     /// Command and arguments, after `--`; empty keeps the image's default.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -116,6 +125,27 @@ pub enum PullPolicyArg {
     Always,
     /// Never pull; a missing image fails the task.
     Never,
+}
+
+/// `--restart` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RestartArg {
+    /// The task ends with its container.
+    Never,
+    /// Run again after a failure (non-zero exit, OOM, lost node), up to --max-restarts.
+    OnFailure,
+    /// Run again whenever the container ends, until stopped.
+    Always,
+}
+
+impl From<RestartArg> for RestartPolicy {
+    fn from(p: RestartArg) -> Self {
+        match p {
+            RestartArg::Never => RestartPolicy::Never,
+            RestartArg::OnFailure => RestartPolicy::OnFailure,
+            RestartArg::Always => RestartPolicy::Always,
+        }
+    }
 }
 
 impl From<PullPolicyArg> for PullPolicy {

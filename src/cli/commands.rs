@@ -75,6 +75,9 @@ pub fn build_spec(a: &RunArgs) -> TaskSpec {
         ..Default::default()
     };
     spec.set_pull_policy(a.pull_policy.into());
+    spec.set_restart_policy(a.restart.into());
+    spec.max_restarts = a.max_restarts.unwrap_or(0);
+    spec.max_attempts = a.max_attempts.unwrap_or(0);
     spec
 }
 
@@ -237,10 +240,15 @@ mod tests {
             ports: vec![(8080, Protocol::Tcp), (53, Protocol::Udp)],
             labels: vec![("team".into(), "x".into())],
             pull_policy: PullPolicyArg::Never,
+            restart: crate::cli::args::RestartArg::OnFailure,
+            max_restarts: Some(5),
+            max_attempts: None,
             command: vec!["sleep".into(), "1".into()],
         };
         let s = build_spec(&a);
         assert_eq!(s.name, "web");
+        assert_eq!(s.restart_policy(), minkube::pb::RestartPolicy::OnFailure);
+        assert_eq!((s.max_restarts, s.max_attempts), (5, 0));
         assert_eq!(s.memory_mb, 32);
         assert_eq!(s.cpu, 0.0);
         // A repeated key keeps its last value.

@@ -4,7 +4,9 @@ use prost_types::Timestamp;
 use minkube::convert::{desired_state_name, node_state_name, task_state_name};
 use minkube::pb::{Node, Task, TaskEvent};
 
-use super::names::{cores, key_values, port_binding, port_spec, pull_policy_name};
+use super::names::{
+    cores, key_values, port_binding, port_spec, pull_policy_name, restart_policy_name,
+};
 use super::table;
 use super::timefmt::rfc3339;
 
@@ -86,6 +88,7 @@ pub fn task(t: &Task, events: &[TaskEvent]) -> String {
             .join(","),
     );
     b.add("Pull policy", pull_policy_name(spec.pull_policy()));
+    b.add("Restart", restart_policy_name(spec.restart_policy()));
     b.add("Labels", key_values(&spec.labels));
     b.add("Desired state", desired_state_name(t.desired_state()));
     b.add("State", task_state_name(status.state()));
@@ -99,6 +102,10 @@ pub fn task(t: &Task, events: &[TaskEvent]) -> String {
         },
     );
     b.add("Attempt", status.attempt.to_string());
+    b.add("Restarts", status.restarts.to_string());
+    if status.next_attempt_at.is_some() {
+        b.add("Next attempt", time(status.next_attempt_at.as_ref()));
+    }
     b.add("Container ID", status.container_id.clone());
     b.add(
         "Host ports",
@@ -127,7 +134,17 @@ pub fn node(n: &Node) -> String {
     let mut b = Block::default();
     b.add("Name", n.name.clone());
     b.add("ID", n.id.clone());
-    b.add("State", node_state_name(n.state()));
+    b.add(
+        "State",
+        if n.lost {
+            format!(
+                "{} (lost: its tasks were moved or failed)",
+                node_state_name(n.state())
+            )
+        } else {
+            node_state_name(n.state()).to_string()
+        },
+    );
     b.add("Address", n.address.clone());
     b.add("Labels", key_values(&n.labels));
     b.add("CPU", format!("{} cores", cores(cap.cpu_cores)));

@@ -13,7 +13,7 @@ use minkube::pb::{
     TaskSpec, TaskStatus,
 };
 
-use super::names::{protocol_name, pull_policy_name, sorted};
+use super::names::{protocol_name, pull_policy_name, restart_policy_name, sorted};
 use super::timefmt::rfc3339;
 
 /// A task.
@@ -42,6 +42,9 @@ pub fn spec(s: &TaskSpec) -> Value {
         "cpu": s.cpu,
         "ports": s.ports.iter().map(port_spec).collect::<Vec<_>>(),
         "pull_policy": pull_policy_name(s.pull_policy()),
+        "restart_policy": restart_policy_name(s.restart_policy()),
+        "max_restarts": s.max_restarts,
+        "max_attempts": s.max_attempts,
         "labels": string_map(&s.labels),
     })
 }
@@ -62,6 +65,9 @@ pub fn status(s: &TaskStatus) -> Value {
     put(&mut m, "started_at", time(s.started_at.as_ref()));
     put(&mut m, "finished_at", time(s.finished_at.as_ref()));
     m.insert("attempt".into(), json!(s.attempt));
+    m.insert("restarts".into(), json!(s.restarts));
+    m.insert("transient_failures".into(), json!(s.transient_failures));
+    put(&mut m, "next_attempt_at", time(s.next_attempt_at.as_ref()));
     Value::Object(m)
 }
 
@@ -110,6 +116,7 @@ pub fn node(n: &Node) -> Value {
     put(&mut m, "last_heartbeat", time(n.last_heartbeat.as_ref()));
     m.insert("active_tasks".into(), json!(n.active_tasks));
     m.insert("agent_version".into(), json!(n.agent_version));
+    m.insert("lost".into(), json!(n.lost));
     Value::Object(m)
 }
 
@@ -190,6 +197,7 @@ mod tests {
                 }],
                 pull_policy: PullPolicy::Never as i32,
                 labels: HashMap::new(),
+                ..Default::default()
             }),
             desired_state: DesiredState::Running as i32,
             status: Some(TaskStatus {
@@ -211,6 +219,7 @@ mod tests {
                 }),
                 finished_at: None,
                 attempt: 1,
+                ..Default::default()
             }),
             created_at: Some(Timestamp {
                 seconds: 1_700_000_000,

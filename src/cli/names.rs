@@ -1,7 +1,7 @@
 //! Short display names of protocol values shared by the JSON and text output.
 use std::collections::HashMap;
 
-use minkube::pb::{PortBinding, PortSpec, Protocol, PullPolicy};
+use minkube::pb::{PortBinding, PortSpec, Protocol, PullPolicy, RestartPolicy};
 
 /// "tcp" or "udp"; unspecified means TCP per the protocol.
 pub fn protocol_name(p: Protocol) -> &'static str {
@@ -17,6 +17,15 @@ pub fn pull_policy_name(p: PullPolicy) -> &'static str {
         PullPolicy::Always => "always",
         PullPolicy::Never => "never",
         PullPolicy::IfNotPresent | PullPolicy::Unspecified => "if-not-present",
+    }
+}
+
+/// Short name of a restart policy.
+pub fn restart_policy_name(p: RestartPolicy) -> &'static str {
+    match p {
+        RestartPolicy::Always => "always",
+        RestartPolicy::OnFailure => "on-failure",
+        RestartPolicy::Never | RestartPolicy::Unspecified => "never",
     }
 }
 

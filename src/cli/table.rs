@@ -140,7 +140,11 @@ pub fn nodes(nodes: &[Node], now: &Timestamp) -> String {
         t.row(vec![
             n.name.clone(),
             n.id.clone(),
-            node_state_name(n.state()).to_string(),
+            if n.lost {
+                format!("{} (lost)", node_state_name(n.state()))
+            } else {
+                node_state_name(n.state()).to_string()
+            },
             cores(cap.cpu_cores),
             format!("{}MB", cap.memory_mb),
             format!("{}MB/{}cpu", alloc.memory_mb, cores(alloc.cpu_cores)),

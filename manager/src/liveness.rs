@@ -1,0 +1,278 @@
+//! Node liveness: READY -> DOWN after `node_timeout` without a message, and
+//! "lost" after `reconnect_grace` away, when the node's tasks are handed to
+//! the retry policy. Deadlines come from the monotonic clock; the loop sleeps
+//! until the next one, so nothing is scanned while nothing can change.
+use std::sync::Arc;
+use std::time::Duration;
+
+use minkube::pb::{DesiredState, NodeState, TaskState};
+use minkube_common::state_machine;
+use tokio::time::Instant;
+
+use crate::cluster::Cluster;
+use crate::policy::{self, Outcome, RetryTimings};
+use crate::state::State;
+use crate::store::Mutation;
+
+/// Longest sleep between passes, so a changed deadline is noticed soon.
+const MAX_NAP: Duration = Duration::from_secs(1);
+
+/// Timings of a liveness pass.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Silence before DOWN.
+    pub node_timeout: Duration,
+    /// Absence before the node's tasks are handled.
+    pub reconnect_grace: Duration,
+}
+
+/// What a pass found.
+#[derive(Debug, Default)]
+pub struct Pass {
+    /// Next time something may change.
+    pub next: Option<Instant>,
+    /// Tasks now wait for placement.
+    pub reschedule: bool,
+}
+
+/// Marks silent nodes DOWN and handles the tasks of lost nodes.
+pub fn pass(
+    st: &mut State,
+    now: Instant,
+    t: Timeouts,
+    retry: &RetryTimings,
+    out: &mut Vec<Mutation>,
+) -> Pass {
+    let mut result = Pass::default();
+    let ids: Vec<String> = st.nodes.keys().cloned().collect();
+    for id in ids {
+        let Some(entry) = st.nodes.get_mut(&id) else {
+            continue;
+        };
+        let silent = now.saturating_duration_since(entry.last_seen);
+        let deadline = if entry.node.state() == NodeState::Ready {
+            if silent >= t.node_timeout {
+                tracing::warn!(node_id = %id, name = %entry.node.name, ?silent, "no heartbeat: node is down");
+                entry.node.set_state(NodeState::Down);
+                Some(entry.last_seen + t.reconnect_grace)
+            } else {
+                Some(entry.last_seen + t.node_timeout)
+            }
+        } else if entry.node.lost {
+            None
+        } else if silent >= t.reconnect_grace {
+            tracing::warn!(node_id = %id, name = %entry.node.name, ?silent, "node lost: handling its tasks");
+            entry.node.lost = true;
+            out.push(Mutation::PutNode(Box::new(entry.node.clone())));
+            result.reschedule |= handle_lost_node(st, &id, retry, out);
+            None
+        } else {
+            Some(entry.last_seen + t.reconnect_grace)
+        };
+        if let Some(d) = deadline {
+            result.next = Some(result.next.map_or(d, |n| n.min(d)));
+        }
+    }
+    result
+}
+
+/// Every active task of a lost node: a new attempt elsewhere, or an end.
+fn handle_lost_node(
+    st: &mut State,
+    node_id: &str,
+    retry: &RetryTimings,
+    out: &mut Vec<Mutation>,
+) -> bool {
+    let ids: Vec<String> = st
+        .tasks
+        .values()
+        .filter(|e| e.status().node_id == node_id && state_machine::is_active_on_node(e.state()))
+        .map(|e| e.task.id.clone())
+        .collect();
+    let mut reschedule = false;
+    for id in ids {
+        let Some(e) = st.tasks.get(&id) else { continue };
+        let decision = if e.task.desired_state() == DesiredState::Stopped {
+            policy::Decision::Finish(
+                TaskState::Completed,
+                "stopped by user; its node was lost before confirming (the agent removes the container when it returns)".into(),
+            )
+        } else {
+            let outcome = if e.state() == TaskState::Running {
+                Outcome::NodeLostRunning
+            } else {
+                Outcome::NodeLostBeforeStart
+            };
+            policy::decide(&e.task, &outcome, retry, &mut rand::rng())
+        };
+        reschedule |= matches!(decision, policy::Decision::Again { .. });
+        if let Err(err) = st.apply_decision(&id, decision, out) {
+            tracing::error!(task_id = %id, error = %err, "cannot handle task of a lost node");
+        }
+    }
+    reschedule
+}
+
+impl Cluster {
+    pub(crate) async fn run_liveness(self: Arc<Self>) {
+        let t = Timeouts {
+            node_timeout: self.config.node_timeout,
+            reconnect_grace: self.config.reconnect_grace,
+        };
+        loop {
+            let now = Instant::now();
+            let retry = self.config.retry;
+            let next = match self
+                .write(|st, out| Ok(pass(st, now, t, &retry, out)))
+                .await
+            {
+                Ok(p) => {
+                    if p.reschedule {
+                        self.kick_scheduler();
+                    }
+                    p.next
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "liveness pass failed");
+                    None
+                }
+            };
+            let wake = next.unwrap_or(now + MAX_NAP).min(Instant::now() + MAX_NAP);
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use minkube::pb;
+
+    use super::*;
+    use crate::state::NodeEntry;
+
+    const T: Timeouts = Timeouts {
+        node_timeout: Duration::from_secs(3),
+        reconnect_grace: Duration::from_secs(10),
+    };
+
+    fn retry() -> RetryTimings {
+        RetryTimings {
+            backoff: minkube_common::retry::Backoff::default(),
+        }
+    }
+
+    fn setup(now: Instant) -> State {
+        let mut st = State::default();
+        st.nodes.insert(
+            "n1".into(),
+            NodeEntry {
+                node: pb::Node {
+                    id: "n1".into(),
+                    state: NodeState::Ready as i32,
+                    ..Default::default()
+                },
+                session: None,
+                last_seen: now,
+            },
+        );
+        let mut out = Vec::new();
+        for (id, policy, state) in [
+            ("always", pb::RestartPolicy::Always, TaskState::Running),
+            ("never", pb::RestartPolicy::Never, TaskState::Running),
+            ("unstarted", pb::RestartPolicy::Never, TaskState::Scheduled),
+        ] {
+            st.insert_task(
+                pb::Task {
+                    id: id.into(),
+                    spec: Some(pb::TaskSpec {
+                        restart_policy: policy as i32,
+                        memory_mb: 10,
+                        ..Default::default()
+                    }),
+                    desired_state: DesiredState::Running as i32,
+                    status: Some(pb::TaskStatus {
+                        state: TaskState::Pending as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                &mut out,
+            );
+            st.transition(
+                id,
+                TaskState::Scheduled,
+                "placed",
+                |s| {
+                    s.node_id = "n1".into();
+                    s.attempt = 1;
+                },
+                &mut out,
+            )
+            .unwrap();
+            st.unplaced.remove(id);
+            if state == TaskState::Running {
+                st.transition(id, TaskState::Running, "started", |_| {}, &mut out)
+                    .unwrap();
+            }
+        }
+        st
+    }
+
+    #[test]
+    fn silent_node_goes_down_then_lost() {
+        let start = Instant::now();
+        let mut st = setup(start);
+        let mut out = Vec::new();
+        let p = pass(
+            &mut st,
+            start + Duration::from_secs(1),
+            T,
+            &retry(),
+            &mut out,
+        );
+        assert_eq!(st.nodes["n1"].node.state(), NodeState::Ready);
+        assert_eq!(p.next, Some(start + T.node_timeout));
+
+        let p = pass(
+            &mut st,
+            start + Duration::from_secs(4),
+            T,
+            &retry(),
+            &mut out,
+        );
+        assert_eq!(st.nodes["n1"].node.state(), NodeState::Down);
+        assert_eq!(p.next, Some(start + T.reconnect_grace));
+        assert_eq!(
+            st.tasks["always"].state(),
+            TaskState::Running,
+            "down is not lost"
+        );
+
+        let p = pass(
+            &mut st,
+            start + Duration::from_secs(11),
+            T,
+            &retry(),
+            &mut out,
+        );
+        assert!(p.reschedule);
+        assert!(st.nodes["n1"].node.lost);
+        let always = &st.tasks["always"];
+        assert_eq!(always.state(), TaskState::Scheduled);
+        assert_eq!(always.status().attempt, 2);
+        assert!(always.status().node_id.is_empty());
+        assert!(st.unplaced.contains("always"));
+        let never = &st.tasks["never"];
+        assert_eq!(never.state(), TaskState::Failed);
+        assert_eq!(never.status().reason, "node lost");
+        let unstarted = &st.tasks["unstarted"];
+        assert_eq!(unstarted.state(), TaskState::Scheduled);
+        assert_eq!(unstarted.status().attempt, 2);
+        assert_eq!(unstarted.status().transient_failures, 1);
+        assert_eq!(st.usage("n1").tasks, 0, "nothing reserved on a lost node");
+    }
+}
