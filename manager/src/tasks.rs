@@ -144,15 +144,17 @@ impl Cluster {
                 }
                 e.task.set_desired_state(DesiredState::Stopped);
                 e.task.updated_at = Some(now());
-                if state == TaskState::Pending {
-                    st.transition(
-                        id,
-                        TaskState::Completed,
-                        "stopped by user before it was scheduled",
-                        |_| {},
-                        out,
-                    )
-                    .map_err(|e| ManagerError::BadRequest(e.to_string()))?;
+                // Not on any node (never placed, or a new attempt waiting out
+                // its backoff): nothing runs, so it ends here.
+                let unplaced = st.unplaced.contains(id);
+                if unplaced {
+                    let reason = if state == TaskState::Pending {
+                        "stopped by user before it was scheduled"
+                    } else {
+                        "stopped by user before its next attempt"
+                    };
+                    st.transition(id, TaskState::Completed, reason, |_| {}, out)
+                        .map_err(|e| ManagerError::BadRequest(e.to_string()))?;
                 } else {
                     st.put_task(id, out);
                 }
@@ -160,7 +162,7 @@ impl Cluster {
                     return Err(ManagerError::TaskNotFound(id.to_string()));
                 };
                 let status = e.status();
-                let order = (state != TaskState::Pending).then(|| {
+                let order = (!unplaced).then(|| {
                     (
                         status.node_id.clone(),
                         pb::StopOrder {
