@@ -187,7 +187,7 @@ async fn connect_docker(
         tokio::select! {
             result = attempt => match result {
                 Ok(docker) => return Ok(Some(docker)),
-                Err(e) if e.is_transient() => {
+                Err(e) if e.is_unavailable() => {
                     warn!(error = %e, "Docker is not reachable yet; retrying");
                 }
                 Err(e) => return Err(e.into()),

@@ -136,9 +136,19 @@ async fn exercise(rt: &DockerRuntime, node: &str, image: &str) {
     let text = err.to_string();
     eprintln!("pull failure reads: {text}");
     assert!(
-        text.starts_with("image \"minkube-absent:404\" not found and could not be pulled: "),
+        text.starts_with(
+            "image \"minkube-absent:404\" is not on this node and could not be pulled: "
+        ),
         "{text}"
     );
+    // Without a reachable registry (as on a test machine) the pull fails on
+    // the network, which is worth retrying; with one, the image is missing.
+    let expected = if err.detail().contains("no such host") {
+        pb::FailureKind::Transient
+    } else {
+        pb::FailureKind::Permanent
+    };
+    assert_eq!(err.failure_kind(), expected, "{text}");
     let since = minkube::convert::now().seconds - 1;
     let mut events = rt.events(node, since);
 
@@ -197,8 +207,9 @@ async fn exercise(rt: &DockerRuntime, node: &str, image: &str) {
     let a = assignment("task-bad", image, &["/no/such/binary"], 16);
     let spec = ContainerSpec::for_assignment(node, &a).unwrap();
     let err = rt.create_and_start(&spec).await.unwrap_err();
-    eprintln!("start failure reads: {err}");
+    eprintln!("start failure reads: {err} (HTTP {:?})", err.status());
     assert!(err.to_string().contains("no/such/binary"), "{err}");
+    assert_eq!(err.failure_kind(), pb::FailureKind::Permanent, "{err}");
     assert!(rt
         .list(&ContainerFilter::task(node, "task-bad"))
         .await

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use minkube::convert::task_state_name;
 use minkube::pb::{self, TaskState};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -47,7 +48,7 @@ impl Reconciler {
                 return;
             }
             sequence = e.rec.sequence;
-            self.retire_attempt(&a.task_id);
+            self.retire_attempt(&a.task_id, a.attempt);
         }
         let task_id = a.task_id.clone();
         let attempt = a.attempt;
@@ -90,29 +91,19 @@ impl Reconciler {
         }
     }
 
-    /// Drops an older attempt of a task that is being replaced: cancels its
-    /// start and removes its containers.
-    fn retire_attempt(&mut self, task_id: &str) {
+    /// Gives up an older attempt that a newer one replaces: cancels its
+    /// start. Its containers are removed by the job that follows (the new
+    /// attempt's start, or the stop), before that job goes on; from here on
+    /// nothing of the old attempt is reported (events, progress and job
+    /// results carry its attempt, which no record holds any more).
+    fn retire_attempt(&mut self, task_id: &str, next_attempt: u32) {
         let Some(e) = self.tasks.get(task_id) else {
             return;
         };
-        let attempt = e.rec.attempt();
+        info!(task_id = %task_id, attempt = e.rec.attempt(), next_attempt, state = %task_state_name(e.rec.state()), "attempt replaced by a newer one");
         if let Job::Starting { cancel } = &e.job {
             let _ = cancel.send(true);
         }
-        if e.rec.is_terminal() {
-            // Ended already: what is left exited by itself and keeps its logs.
-            return;
-        }
-        info!(task_id = %task_id, attempt, "attempt superseded; removing its container");
-        let rt = Arc::clone(&self.rt);
-        let node_id = self.node_id.clone();
-        let timeout = self.settings.stop_timeout;
-        let id = task_id.to_string();
-        self.jobs.spawn(async move {
-            let container_ids = work::cleanup_attempt(rt, node_id, id, attempt, timeout).await;
-            JobResult::Cleanup { container_ids }
-        });
     }
 
     async fn on_stop_order(&mut self, order: pb::StopOrder) {
@@ -135,7 +126,7 @@ impl Reconciler {
                 // An attempt this agent never recorded: keep a record so the
                 // stop can be reported, and remove whatever container exists.
                 if other.is_some() {
-                    self.retire_attempt(&task_id);
+                    self.retire_attempt(&task_id, order.attempt);
                 }
                 let mut rec = TaskRecord::new(pb::Assignment {
                     task_id: task_id.clone(),
@@ -244,11 +235,13 @@ impl Reconciler {
         let rt = Arc::clone(&self.rt);
         let node_id = self.node_id.clone();
         let progress = self.internal_tx.clone();
+        let stop_timeout = self.settings.stop_timeout;
         self.touch(task_id);
         self.jobs.spawn(async move {
             let task_id = assignment.task_id.clone();
             let attempt = assignment.attempt;
-            let outcome = work::start(rt, node_id, assignment, cancel_rx, progress).await;
+            let outcome =
+                work::start(rt, node_id, assignment, stop_timeout, cancel_rx, progress).await;
             JobResult::Start {
                 task_id,
                 attempt,

@@ -17,6 +17,10 @@ mod test_harness;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_attempts;
+#[cfg(test)]
+mod tests_failures;
+#[cfg(test)]
 mod tests_sync;
 
 use std::collections::HashMap;
@@ -33,7 +37,7 @@ use tracing::{debug, error, info, warn};
 use crate::local_store::{LocalStore, StoreError, TaskRecord};
 use crate::runtime::{Runtime, RuntimeEvent};
 
-pub use report::exit_outcome;
+pub use report::{exit_outcome, ExitOutcome};
 use work::{JobResult, ListPurpose};
 
 /// Capacity of the reconciler's internal channel (events, progress).
@@ -365,40 +369,5 @@ impl Reconciler {
                 }
             }
         }
-    }
-
-    /// (task id, attempt) of every unfinished record, and whether it still
-    /// waits for its RUNNING report: the listing inspects what they need.
-    fn wanted(&self) -> HashMap<(String, u32), bool> {
-        self.tasks
-            .values()
-            .filter(|e| !e.rec.is_terminal())
-            .map(|e| {
-                let key = (e.rec.task_id().to_string(), e.rec.attempt());
-                (key, e.rec.state() != pb::TaskState::Running)
-            })
-            .collect()
-    }
-
-    fn request_listing(&mut self, purpose: ListPurpose) {
-        if self.listing_in_flight {
-            // A sweep outranks a plain resync.
-            if self.listing_again != Some(ListPurpose::Sweep) {
-                self.listing_again = Some(purpose);
-            }
-            return;
-        }
-        self.listing_in_flight = true;
-        let generation = self.bump();
-        let wanted = self.wanted();
-        let rt = Arc::clone(&self.rt);
-        let node_id = self.node_id.clone();
-        self.jobs.spawn(async move {
-            JobResult::List {
-                purpose,
-                generation,
-                result: work::list(rt, node_id, wanted).await,
-            }
-        });
     }
 }

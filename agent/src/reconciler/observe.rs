@@ -1,13 +1,14 @@
 //! What Docker says: container events, finished start jobs and listings.
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use minkube::pb::TaskState;
+use minkube::pb::{FailureKind, TaskState};
 use tracing::{debug, info, warn};
 
 use super::report::{Report, STOPPED_BY_USER};
 use super::work::{self, JobResult, ListPurpose, Listing, StartOutcome};
 use super::{Exit, Internal, Job, Reconciler};
-use crate::runtime::{ContainerInfo, ContainerStatus, EventKind, RuntimeEvent};
+use crate::runtime::{ContainerInfo, EventKind, RuntimeEvent};
 
 impl Reconciler {
     pub(super) async fn on_internal(&mut self, msg: Internal) {
@@ -139,8 +140,8 @@ impl Reconciler {
             StartOutcome::Failed(_) | StartOutcome::Cancelled if stop_requested => {
                 self.spawn_stop(task_id);
             }
-            StartOutcome::Failed(reason) => {
-                self.report(task_id, Report::new(TaskState::Failed, reason))
+            StartOutcome::Failed(e) => {
+                self.report(task_id, Report::failed(e.failure_kind(), e.to_string()))
                     .await;
             }
             StartOutcome::Cancelled => {
@@ -156,6 +157,41 @@ impl Reconciler {
         self.jobs.spawn(async move {
             work::cleanup(rt, &container_ids, timeout).await;
             JobResult::Cleanup { container_ids }
+        });
+    }
+
+    /// (task id, attempt) of every unfinished record, and whether it still
+    /// waits for its RUNNING report: the listing inspects what they need.
+    pub(super) fn wanted(&self) -> HashMap<(String, u32), bool> {
+        self.tasks
+            .values()
+            .filter(|e| !e.rec.is_terminal())
+            .map(|e| {
+                let key = (e.rec.task_id().to_string(), e.rec.attempt());
+                (key, e.rec.state() != TaskState::Running)
+            })
+            .collect()
+    }
+
+    pub(super) fn request_listing(&mut self, purpose: ListPurpose) {
+        if self.listing_in_flight {
+            // A sweep outranks a plain resync.
+            if self.listing_again != Some(ListPurpose::Sweep) {
+                self.listing_again = Some(purpose);
+            }
+            return;
+        }
+        self.listing_in_flight = true;
+        let generation = self.bump();
+        let wanted = self.wanted();
+        let rt = Arc::clone(&self.rt);
+        let node_id = self.node_id.clone();
+        self.jobs.spawn(async move {
+            JobResult::List {
+                purpose,
+                generation,
+                result: work::list(rt, node_id, wanted).await,
+            }
         });
     }
 
@@ -239,7 +275,8 @@ impl Reconciler {
                         "container {} disappeared (removed outside minkube?)",
                         short(&id)
                     );
-                    self.report(task_id, Report::new(TaskState::Failed, reason))
+                    // It ran, so the restart policy decides, as for an exit.
+                    self.report(task_id, Report::failed(FailureKind::Exited, reason))
                         .await;
                 } else if purpose != ListPurpose::Startup {
                     debug!(
@@ -252,18 +289,20 @@ impl Reconciler {
     }
 
     /// Stops containers of this node that no unfinished record owns (the
-    /// desired set dropped them), leaving alone those that ended by
-    /// themselves: their logs are the user's.
+    /// desired set dropped them) and removes those of attempts older than a
+    /// record's: only the newest attempt of a task keeps a container. Other
+    /// containers that ended by themselves stay: their logs are the user's.
     fn sweep(&mut self, listing: &Listing) {
         let mut strays = Vec::new();
-        for c in listing
-            .containers
-            .iter()
-            .filter(|c| c.status != ContainerStatus::Exited && c.status != ContainerStatus::Dead)
-        {
-            let keep = self.tasks.get(&c.task_id).is_some_and(|e| {
-                e.rec.attempt() == c.attempt && (!e.rec.is_terminal() || !e.rec.stop_requested)
-            });
+        for c in &listing.containers {
+            let ended = c.status.is_exited();
+            let keep = match self.tasks.get(&c.task_id) {
+                Some(e) if c.attempt < e.rec.attempt() => false,
+                Some(e) if c.attempt == e.rec.attempt() => {
+                    ended || !e.rec.is_terminal() || !e.rec.stop_requested
+                }
+                _ => ended,
+            };
             if !keep {
                 info!(container_id = %c.id, task_id = %c.task_id, attempt = c.attempt, "removing a container no task here owns");
                 strays.push(c.id.clone());

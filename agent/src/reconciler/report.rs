@@ -1,7 +1,7 @@
 //! Building, recording and sending status updates. The order is always:
 //! check the transition, bump the sequence, write the record, then send.
 use minkube::convert::{now, task_state_name};
-use minkube::pb::{self, TaskState};
+use minkube::pb::{self, FailureKind, TaskState};
 use minkube_common::state_machine;
 use prost_types::Timestamp;
 use tracing::{info, warn};
@@ -12,25 +12,44 @@ use crate::runtime::ContainerInfo;
 /// Reason of a task stopped on the manager's order.
 pub(super) const STOPPED_BY_USER: &str = "stopped by user";
 
-/// State and reason for a container that ended.
-pub fn exit_outcome(
-    exit_code: Option<i32>,
-    oom_killed: bool,
-    stop_requested: bool,
-) -> (TaskState, String) {
+/// How an ended container is reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitOutcome {
+    /// COMPLETED or FAILED.
+    pub state: TaskState,
+    /// Reason for the user.
+    pub reason: String,
+    /// EXITED when the container failed by itself; unspecified otherwise.
+    pub failure: FailureKind,
+}
+
+/// State, reason and failure kind for a container that ended. Every failure
+/// of a container that ran (non-zero exit, OOM kill, unknown exit) is
+/// EXITED: the restart policy decides, not the retry budget.
+pub fn exit_outcome(exit_code: Option<i32>, oom_killed: bool, stop_requested: bool) -> ExitOutcome {
+    let failed = |reason: String| ExitOutcome {
+        state: TaskState::Failed,
+        reason,
+        failure: FailureKind::Exited,
+    };
     if stop_requested {
-        return (TaskState::Completed, STOPPED_BY_USER.to_string());
+        return ExitOutcome {
+            state: TaskState::Completed,
+            reason: STOPPED_BY_USER.to_string(),
+            failure: FailureKind::Unspecified,
+        };
     }
     if oom_killed {
-        return (TaskState::Failed, "out of memory (OOM killed)".to_string());
+        return failed("out of memory (OOM killed)".to_string());
     }
     match exit_code {
-        Some(0) => (TaskState::Completed, "exited with code 0".to_string()),
-        Some(code) => (TaskState::Failed, format!("exited with code {code}")),
-        None => (
-            TaskState::Failed,
-            "container exited; its exit code is unknown".to_string(),
-        ),
+        Some(0) => ExitOutcome {
+            state: TaskState::Completed,
+            reason: "exited with code 0".to_string(),
+            failure: FailureKind::Unspecified,
+        },
+        Some(code) => failed(format!("exited with code {code}")),
+        None => failed("container exited; its exit code is unknown".to_string()),
     }
 }
 
@@ -44,6 +63,7 @@ pub(super) struct Report {
     started_at: Option<Timestamp>,
     exit_code: Option<i32>,
     finished_at: Option<Timestamp>,
+    failure: FailureKind,
 }
 
 impl Report {
@@ -52,6 +72,14 @@ impl Report {
             state,
             reason: reason.into(),
             ..Default::default()
+        }
+    }
+
+    /// A failure of the given kind.
+    pub(super) fn failed(failure: FailureKind, reason: impl Into<String>) -> Self {
+        Self {
+            failure,
+            ..Self::new(TaskState::Failed, reason)
         }
     }
 
@@ -76,8 +104,9 @@ impl Report {
 
     /// The terminal report for an ended container.
     pub(super) fn exited(exit: &Exit, stop_requested: bool) -> Self {
-        let (state, reason) = exit_outcome(exit.exit_code, exit.oom_killed, stop_requested);
-        let mut r = Self::new(state, reason).exit_code(exit.exit_code);
+        let outcome = exit_outcome(exit.exit_code, exit.oom_killed, stop_requested);
+        let mut r = Self::new(outcome.state, outcome.reason).exit_code(exit.exit_code);
+        r.failure = outcome.failure;
         if !exit.container_id.is_empty() {
             r.container_id = Some(exit.container_id.clone());
         }
@@ -102,6 +131,16 @@ impl Reconciler {
             warn!(task_id = %task_id, attempt, error = %e, reason = %r.reason, "not reporting an illegal transition");
             return None;
         }
+        let failure = if r.state == TaskState::Failed {
+            if r.failure == FailureKind::Unspecified {
+                warn!(task_id = %task_id, attempt, reason = %r.reason, "a failure without a kind; reporting it as exited");
+                FailureKind::Exited
+            } else {
+                r.failure
+            }
+        } else {
+            FailureKind::Unspecified
+        };
         let prev = entry.rec.last_update.take().unwrap_or_default();
         let terminal = state_machine::is_terminal(r.state);
         entry.rec.sequence += 1;
@@ -126,6 +165,7 @@ impl Reconciler {
                 None
             },
             observed_at: Some(now()),
+            failure: failure as i32,
         };
         entry.rec.last_update = Some(update.clone());
         info!(
@@ -177,24 +217,48 @@ impl Reconciler {
 mod tests {
     use super::*;
 
+    fn outcome(state: TaskState, reason: &str, failure: FailureKind) -> ExitOutcome {
+        ExitOutcome {
+            state,
+            reason: reason.into(),
+            failure,
+        }
+    }
+
     #[test]
     fn exit_rules() {
         assert_eq!(
             exit_outcome(Some(0), false, false),
-            (TaskState::Completed, "exited with code 0".into())
+            outcome(
+                TaskState::Completed,
+                "exited with code 0",
+                FailureKind::Unspecified
+            )
         );
         assert_eq!(
             exit_outcome(Some(3), false, false),
-            (TaskState::Failed, "exited with code 3".into())
+            outcome(TaskState::Failed, "exited with code 3", FailureKind::Exited)
         );
         assert_eq!(
             exit_outcome(Some(137), true, false),
-            (TaskState::Failed, "out of memory (OOM killed)".into())
+            outcome(
+                TaskState::Failed,
+                "out of memory (OOM killed)",
+                FailureKind::Exited
+            )
         );
         assert_eq!(
             exit_outcome(Some(137), true, true),
-            (TaskState::Completed, "stopped by user".into())
+            outcome(
+                TaskState::Completed,
+                "stopped by user",
+                FailureKind::Unspecified
+            )
         );
-        assert_eq!(exit_outcome(None, false, false).0, TaskState::Failed);
+        let unknown = exit_outcome(None, false, false);
+        assert_eq!(
+            (unknown.state, unknown.failure),
+            (TaskState::Failed, FailureKind::Exited)
+        );
     }
 }

@@ -1,11 +1,13 @@
 //! Drives a real reconciler against the fake runtime and a temp data dir.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use minkube::pb::{self, TaskState};
+use minkube_common::state_machine;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -59,6 +61,43 @@ pub struct Harness {
     stop: watch::Sender<bool>,
     handle: JoinHandle<()>,
     pub running: Arc<AtomicU32>,
+    /// (attempt, state, sequence) of the last update of each task.
+    last: HashMap<String, (u32, TaskState, u64)>,
+}
+
+/// What every update stream must obey: sequences only grow, attempts never
+/// go back, and within an attempt states follow the common state machine (a
+/// terminal state may only be repeated, when the manager asks again). A new
+/// attempt starts where the manager put the task: SCHEDULED.
+fn check_update(last: &mut HashMap<String, (u32, TaskState, u64)>, u: &pb::TaskStatusUpdate) {
+    let state = u.state();
+    if let Some(&(attempt, prev, sequence)) = last.get(&u.task_id) {
+        assert!(
+            u.sequence > sequence,
+            "sequence went back: {u:?} after {sequence}"
+        );
+        assert!(
+            u.attempt >= attempt,
+            "attempt went back: {u:?} after {attempt}"
+        );
+        let from = if u.attempt > attempt {
+            TaskState::Scheduled
+        } else {
+            prev
+        };
+        let repeat = state == prev && state_machine::is_terminal(state) && u.attempt == attempt;
+        assert!(
+            repeat || state_machine::check(from, state).is_ok(),
+            "illegal {from:?} -> {state:?}: {u:?}"
+        );
+    }
+    let failed = state == TaskState::Failed;
+    assert_eq!(
+        failed,
+        u.failure() != pb::FailureKind::Unspecified,
+        "a failure kind on exactly the FAILED updates: {u:?}"
+    );
+    last.insert(u.task_id.clone(), (u.attempt, state, u.sequence));
 }
 
 impl Harness {
@@ -90,6 +129,7 @@ impl Harness {
             stop,
             handle,
             running,
+            last: HashMap::new(),
         }
     }
 
@@ -108,7 +148,10 @@ impl Harness {
     pub async fn update(&mut self) -> pb::TaskStatusUpdate {
         loop {
             match self.next().await {
-                Outbound::Update(u) => return u,
+                Outbound::Update(u) => {
+                    check_update(&mut self.last, &u);
+                    return u;
+                }
                 Outbound::Ack(_) => {}
                 other => panic!("expected an update, got {other:?}"),
             }

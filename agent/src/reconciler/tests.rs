@@ -116,7 +116,7 @@ async fn a_missing_image_that_cannot_be_pulled_fails_once() {
     assert!(
         failed
             .reason
-            .starts_with("image \"nope:1\" not found and could not be pulled: "),
+            .starts_with("image \"nope:1\" is not on this node and could not be pulled: "),
         "{}",
         failed.reason
     );
@@ -173,6 +173,7 @@ async fn create_errors_and_invalid_specs_fail_the_task() {
 
     rt.fail_create(RuntimeError::Daemon {
         action: "start the container",
+        status: Some(400),
         message: "exec: \"nope\": executable file not found".into(),
     });
     h.send(Input::Assignment(assignment("t2", 1))).await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use minkube::pb;
 use minkube_common::retry::Backoff;
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::Internal;
 use crate::runtime::{
@@ -16,8 +16,9 @@ use crate::runtime::{
     Runtime, RuntimeError,
 };
 
-/// Retries of a start or stop when the daemon is unreachable.
-const TRANSIENT_RETRIES: u32 = 3;
+/// Retries of a stop when the daemon is unreachable. Stops are not
+/// attempts the manager counts: it only waits for the task to end.
+const STOP_RETRIES: u32 = 3;
 
 /// Why a listing was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +45,9 @@ pub(crate) enum StartOutcome {
     Running(ContainerInfo),
     /// An adopted container had already exited.
     Exited(ContainerInfo),
-    /// It could not be started; the reason is for the user.
-    Failed(String),
+    /// It could not be started; reported at once with its failure kind,
+    /// since the manager decides whether another attempt follows.
+    Failed(RuntimeError),
     /// Given up on request before a container ran.
     Cancelled,
 }
@@ -73,103 +75,122 @@ pub(crate) enum JobResult {
     },
 }
 
-fn retry_backoff() -> Backoff {
-    Backoff {
+fn retry_delay(attempt: u32) -> Duration {
+    let backoff = Backoff {
         initial: Duration::from_millis(500),
         max: Duration::from_secs(5),
         multiplier: 2.0,
-    }
+    };
+    backoff.delay(attempt, &mut rand::rng())
 }
 
-fn retry_delay(attempt: u32) -> Duration {
-    retry_backoff().delay(attempt, &mut rand::rng())
-}
-
-/// Gets one attempt of a task running: adopts a container that already
-/// exists for it, else makes sure of the image and creates one.
+/// Gets one attempt of a task running: removes the containers of older
+/// attempts, then adopts a container that already exists for this attempt,
+/// else makes sure of the image and creates one. Tried once: a failure goes
+/// to the manager, which decides about (and records) any new attempt.
 pub(crate) async fn start(
     rt: Arc<dyn Runtime>,
     node_id: String,
     assignment: pb::Assignment,
+    stop_timeout: Duration,
     mut cancel: watch::Receiver<bool>,
     progress: mpsc::Sender<Internal>,
 ) -> StartOutcome {
     let spec = match ContainerSpec::for_assignment(&node_id, &assignment) {
         Ok(spec) => spec,
-        Err(e) => return StartOutcome::Failed(e.to_string()),
+        Err(e) => return StartOutcome::Failed(e),
     };
-    let mut tries = 0;
-    loop {
-        match try_start(&*rt, &node_id, &assignment, &spec, &mut cancel, &progress).await {
-            Ok(outcome) => return outcome,
-            Err(e) if e.is_transient() && tries < TRANSIENT_RETRIES => {
-                warn!(task_id = %assignment.task_id, attempt = assignment.attempt, error = %e, "start failed; retrying");
-                tries += 1;
-                tokio::select! {
-                    () = tokio::time::sleep(retry_delay(tries)) => {}
-                    _ = cancel.wait_for(|c| *c) => return StartOutcome::Cancelled,
-                }
+    let job = Start {
+        rt: &*rt,
+        node_id: &node_id,
+        a: &assignment,
+        spec: &spec,
+        stop_timeout,
+        progress: &progress,
+    };
+    match job.run(&mut cancel).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            warn!(task_id = %assignment.task_id, attempt = assignment.attempt, error = %e, failure = ?e.failure_kind(), "start failed");
+            StartOutcome::Failed(e)
+        }
+    }
+}
+
+/// One start job's inputs.
+struct Start<'a> {
+    rt: &'a dyn Runtime,
+    node_id: &'a str,
+    a: &'a pb::Assignment,
+    spec: &'a ContainerSpec,
+    stop_timeout: Duration,
+    progress: &'a mpsc::Sender<Internal>,
+}
+
+impl Start<'_> {
+    async fn run(&self, cancel: &mut watch::Receiver<bool>) -> Result<StartOutcome, RuntimeError> {
+        let (rt, a) = (self.rt, self.a);
+        let listed = rt
+            .list(&ContainerFilter::task(self.node_id, &a.task_id))
+            .await?;
+        // Only the newest attempt keeps a container, and the old one is gone
+        // before the new one runs (its memory is counted for the new one).
+        // Newer attempts are not touched: this job may be the superseded one.
+        for old in listed.iter().filter(|c| c.attempt < a.attempt) {
+            if *cancel.borrow() {
+                return Ok(StartOutcome::Cancelled);
             }
-            Err(e) => return StartOutcome::Failed(e.to_string()),
+            info!(task_id = %a.task_id, attempt = a.attempt, old_attempt = old.attempt, container_id = %old.id, "removing the container of an older attempt");
+            rt.stop_and_remove(&old.id, self.stop_timeout).await?;
         }
-    }
-}
-
-async fn try_start(
-    rt: &dyn Runtime,
-    node_id: &str,
-    a: &pb::Assignment,
-    spec: &ContainerSpec,
-    cancel: &mut watch::Receiver<bool>,
-    progress: &mpsc::Sender<Internal>,
-) -> Result<StartOutcome, RuntimeError> {
-    // Never a second container for one attempt: look for one first.
-    let existing = rt
-        .list(&ContainerFilter::attempt(node_id, &a.task_id, a.attempt))
-        .await?;
-    if let Some(c) = existing.iter().find(|c| c.status.is_live()).or_else(|| {
-        existing
+        // Never a second container for one attempt: adopt the one there is.
+        let mine: Vec<&ContainerRef> = listed.iter().filter(|c| c.attempt == a.attempt).collect();
+        if let Some(c) = mine
             .iter()
-            .find(|c| c.status != ContainerStatus::Removing)
-    }) {
-        if let Some(info) = rt.inspect(&c.id).await? {
-            debug!(task_id = %a.task_id, attempt = a.attempt, container_id = %info.id, "adopting an existing container");
-            return match info.status {
-                s if s.is_live() => Ok(StartOutcome::Running(info)),
-                s if s.is_exited() => Ok(StartOutcome::Exited(info)),
-                _ if *cancel.borrow() => Ok(StartOutcome::Cancelled),
-                _ => rt.start_existing(&info.id).await.map(StartOutcome::Running),
-            };
+            .find(|c| c.status.is_live())
+            .or_else(|| mine.iter().find(|c| c.status != ContainerStatus::Removing))
+        {
+            if let Some(info) = rt.inspect(&c.id).await? {
+                debug!(task_id = %a.task_id, attempt = a.attempt, container_id = %info.id, "adopting an existing container");
+                return match info.status {
+                    s if s.is_live() => Ok(StartOutcome::Running(info)),
+                    s if s.is_exited() => Ok(StartOutcome::Exited(info)),
+                    _ if *cancel.borrow() => Ok(StartOutcome::Cancelled),
+                    _ => rt.start_existing(&info.id).await.map(StartOutcome::Running),
+                };
+            }
         }
+        if *cancel.borrow() {
+            return Ok(StartOutcome::Cancelled);
+        }
+        let policy = a
+            .spec
+            .as_ref()
+            .and_then(|s| pb::PullPolicy::try_from(s.pull_policy).ok())
+            .unwrap_or(pb::PullPolicy::IfNotPresent);
+        let on_pull = || {
+            // Best effort: a full channel only costs the "pulling" report.
+            let _ = self.progress.try_send(Internal::Progress {
+                task_id: a.task_id.clone(),
+                attempt: a.attempt,
+                reason: format!("pulling image {:?}", self.spec.image),
+            });
+        };
+        tokio::select! {
+            r = ensure_image(rt, &self.spec.image, policy, on_pull) => r?,
+            _ = cancel.wait_for(|c| *c) => return Ok(StartOutcome::Cancelled),
+        }
+        if *cancel.borrow() {
+            return Ok(StartOutcome::Cancelled);
+        }
+        rt.create_and_start(self.spec)
+            .await
+            .map(StartOutcome::Running)
     }
-    if *cancel.borrow() {
-        return Ok(StartOutcome::Cancelled);
-    }
-    let policy = a
-        .spec
-        .as_ref()
-        .and_then(|s| pb::PullPolicy::try_from(s.pull_policy).ok())
-        .unwrap_or(pb::PullPolicy::IfNotPresent);
-    let on_pull = || {
-        // Best effort: a full channel only costs the "pulling" report.
-        let _ = progress.try_send(Internal::Progress {
-            task_id: a.task_id.clone(),
-            attempt: a.attempt,
-            reason: format!("pulling image {:?}", spec.image),
-        });
-    };
-    tokio::select! {
-        r = ensure_image(rt, &spec.image, policy, on_pull) => r?,
-        _ = cancel.wait_for(|c| *c) => return Ok(StartOutcome::Cancelled),
-    }
-    if *cancel.borrow() {
-        return Ok(StartOutcome::Cancelled);
-    }
-    rt.create_and_start(spec).await.map(StartOutcome::Running)
 }
 
-/// Stops and removes the attempt's container (in any state) and any still
-/// running container of older attempts. Returns the attempt's exit code.
+/// Stops and removes the containers of the attempt and of older attempts (in
+/// any state: a stopped task keeps none). Returns the attempt's exit code.
 pub(crate) async fn stop(
     rt: Arc<dyn Runtime>,
     node_id: String,
@@ -191,7 +212,7 @@ pub(crate) async fn stop(
         .await
         {
             Ok(code) => return Ok(code),
-            Err(e) if e.is_transient() && tries < TRANSIENT_RETRIES => {
+            Err(e) if e.is_unavailable() && tries < STOP_RETRIES => {
                 warn!(task_id = %task_id, attempt, error = %e, "stop failed; retrying");
                 tries += 1;
                 tokio::time::sleep(retry_delay(tries)).await;
@@ -210,9 +231,10 @@ async fn try_stop(
     timeout: Duration,
 ) -> Result<Option<i32>, RuntimeError> {
     let listed = rt.list(&ContainerFilter::task(node_id, task_id)).await?;
+    // A newer attempt's container belongs to an assignment that replaced this one.
     let mut targets: Vec<(String, bool)> = listed
         .iter()
-        .filter(|c| c.attempt == attempt || !c.status.is_exited())
+        .filter(|c| c.attempt <= attempt)
         .map(|c| (c.id.clone(), c.attempt == attempt))
         .collect();
     if let Some(known) = known_container {
@@ -228,28 +250,6 @@ async fn try_stop(
         }
     }
     Ok(exit_code)
-}
-
-/// Removes the containers of one attempt; returns their ids.
-pub(crate) async fn cleanup_attempt(
-    rt: Arc<dyn Runtime>,
-    node_id: String,
-    task_id: String,
-    attempt: u32,
-    timeout: Duration,
-) -> Vec<String> {
-    let ids: Vec<String> = match rt
-        .list(&ContainerFilter::attempt(&node_id, &task_id, attempt))
-        .await
-    {
-        Ok(found) => found.into_iter().map(|c| c.id).collect(),
-        Err(e) => {
-            warn!(task_id = %task_id, attempt, error = %e, "cannot list an old attempt's containers; a later sweep removes them");
-            return Vec::new();
-        }
-    };
-    cleanup(rt, &ids, timeout).await;
-    ids
 }
 
 /// Stops and removes containers, logging (not failing on) errors: a later

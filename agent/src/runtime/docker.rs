@@ -155,6 +155,7 @@ fn create_error(spec: &ContainerSpec, e: DockerError) -> RuntimeError {
         // 404 on create means the image vanished after the check.
         RuntimeError::NotFound(message) => RuntimeError::PullFailed {
             image: spec.image.clone(),
+            status: Some(404),
             message,
         },
         RuntimeError::Daemon { message, .. } if message.contains("Minimum memory limit") => {

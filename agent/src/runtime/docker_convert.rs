@@ -21,11 +21,17 @@ pub(super) fn classify(action: &'static str, err: DockerError) -> RuntimeError {
             status_code: 404,
             message,
         } => RuntimeError::NotFound(message),
-        DockerError::DockerResponseServerError { message, .. } => {
-            RuntimeError::Daemon { action, message }
-        }
+        DockerError::DockerResponseServerError {
+            status_code,
+            message,
+        } => RuntimeError::Daemon {
+            action,
+            status: Some(status_code),
+            message,
+        },
         DockerError::DockerStreamError { error } => RuntimeError::Daemon {
             action,
+            status: None,
             message: error,
         },
         DockerError::RequestTimeoutError => {
@@ -37,6 +43,7 @@ pub(super) fn classify(action: &'static str, err: DockerError) -> RuntimeError {
         | DockerError::SocketNotFoundError(_)) => RuntimeError::Unavailable(error_chain(&e)),
         other => RuntimeError::Daemon {
             action,
+            status: None,
             message: error_chain(&other),
         },
     }
@@ -345,7 +352,7 @@ mod tests {
             e.to_string(),
             "Docker could not start the container: executable file not found"
         );
-        assert!(classify("ping", DockerError::RequestTimeoutError).is_transient());
+        assert!(classify("ping", DockerError::RequestTimeoutError).is_unavailable());
     }
 
     #[test]

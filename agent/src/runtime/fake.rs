@@ -33,6 +33,7 @@ struct State {
     calls: Vec<String>,
     next_id: u32,
     create_error: Option<RuntimeError>,
+    pull_error: Option<RuntimeError>,
     pull_delay: Duration,
     exit_at_once: Option<i32>,
 }
@@ -87,8 +88,21 @@ impl FakeRuntime {
         self.st().exit_at_once = Some(code);
     }
 
+    /// Every create fails with `e` until [`Self::heal`].
     pub fn fail_create(&self, e: RuntimeError) {
         self.st().create_error = Some(e);
+    }
+
+    /// Every pull fails with `e` until [`Self::heal`] (pullable or not).
+    pub fn fail_pull(&self, e: RuntimeError) {
+        self.st().pull_error = Some(e);
+    }
+
+    /// Creates and pulls work again.
+    pub fn heal(&self) {
+        let mut st = self.st();
+        st.create_error = None;
+        st.pull_error = None;
     }
 
     pub fn calls(&self) -> Vec<String> {
@@ -233,14 +247,17 @@ impl Runtime for FakeRuntime {
             tokio::time::sleep(delay).await;
         }
         let mut st = self.st();
+        if let Some(e) = st.pull_error.clone() {
+            return Err(e);
+        }
         if st.pullable.contains(image) {
             st.images.insert(image.to_string());
             Ok(())
         } else {
-            Err(RuntimeError::Daemon {
-                action: "pull the image",
-                message: format!("pull access denied for {image}, repository does not exist"),
-            })
+            // What Docker answers (HTTP 404) for an image no registry has.
+            Err(RuntimeError::NotFound(format!(
+                "pull access denied for {image}, repository does not exist or may require 'docker login'"
+            )))
         }
     }
 
@@ -256,6 +273,7 @@ impl Runtime for FakeRuntime {
             if !st.images.contains(&spec.image) {
                 return Err(RuntimeError::PullFailed {
                     image: spec.image.clone(),
+                    status: Some(404),
                     message: "No such image".into(),
                 });
             }

@@ -4,6 +4,7 @@
 //! tested against an in-memory fake.
 pub mod docker;
 mod docker_convert;
+mod failure;
 pub mod spec;
 
 #[cfg(test)]
@@ -28,10 +29,12 @@ pub enum RuntimeError {
         image: String,
     },
     /// The image is absent and pulling it failed.
-    #[error("image {image:?} not found and could not be pulled: {message}")]
+    #[error("image {image:?} is not on this node and could not be pulled: {message}; check the image name, or load the image on the node (docker load / docker import)")]
     PullFailed {
         /// Image reference of the task.
         image: String,
+        /// HTTP status of the daemon's answer, if it answered with one.
+        status: Option<u16>,
         /// The daemon's words.
         message: String,
     },
@@ -40,6 +43,8 @@ pub enum RuntimeError {
     RefreshFailed {
         /// Image reference of the task.
         image: String,
+        /// HTTP status of the daemon's answer, if it answered with one.
+        status: Option<u16>,
         /// The daemon's words.
         message: String,
     },
@@ -54,6 +59,9 @@ pub enum RuntimeError {
     Daemon {
         /// What was attempted, e.g. "start the container".
         action: &'static str,
+        /// HTTP status of the answer; `None` for an error inside a response
+        /// stream (e.g. a pull's progress) or a malformed answer.
+        status: Option<u16>,
         /// The daemon's words.
         message: String,
     },
@@ -63,9 +71,20 @@ pub enum RuntimeError {
 }
 
 impl RuntimeError {
-    /// Errors worth retrying: the daemon may come back.
-    pub fn is_transient(&self) -> bool {
+    /// The daemon itself could not be reached (it may come back).
+    pub fn is_unavailable(&self) -> bool {
         matches!(self, Self::Unavailable(_))
+    }
+
+    /// HTTP status of the daemon's answer, where there was one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Daemon { status, .. }
+            | Self::PullFailed { status, .. }
+            | Self::RefreshFailed { status, .. } => *status,
+            Self::NotFound(_) => Some(404),
+            Self::ImageNotFound { .. } | Self::InvalidSpec(_) | Self::Unavailable(_) => None,
+        }
     }
 
     /// The underlying message, without this error's own wording.
@@ -280,13 +299,15 @@ pub async fn ensure_image(
     on_pull();
     match rt.pull_image(image).await {
         Ok(()) => Ok(()),
-        Err(e) if e.is_transient() => Err(e),
+        Err(e) if e.is_unavailable() => Err(e),
         Err(e) if present => Err(RuntimeError::RefreshFailed {
             image: image.to_string(),
+            status: e.status(),
             message: e.detail(),
         }),
         Err(e) => Err(RuntimeError::PullFailed {
             image: image.to_string(),
+            status: e.status(),
             message: e.detail(),
         }),
     }
@@ -351,7 +372,7 @@ mod tests {
             .unwrap_err();
         let text = err.to_string();
         assert!(
-            text.starts_with("image \"nope:1\" not found and could not be pulled: "),
+            text.starts_with("image \"nope:1\" is not on this node and could not be pulled: "),
             "{text}"
         );
         assert!(text.contains("pull access denied"), "{text}");
