@@ -78,6 +78,49 @@ impl Cluster {
             .into_inner()
     }
 
+    /// Every task (all pages) in one of `states` (empty: all); panics on error.
+    pub async fn list_all(&self, states: &[TaskState]) -> Vec<Task> {
+        let mut tasks = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .list(ListTasksRequest {
+                    page_size: 1000,
+                    page_token,
+                    states: states.iter().map(|s| *s as i32).collect(),
+                    node: String::new(),
+                })
+                .await;
+            tasks.extend(page.tasks);
+            if !page.has_next || page.next_page_token.is_empty() {
+                return tasks;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// Waits until GetTask of `id` satisfies `check` (described by `what`)
+    /// and returns that response. Unlike [`Cluster::wait_task_state`] it
+    /// does not stop early at terminal states.
+    pub async fn wait_task(
+        &self,
+        id: &str,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&GetTaskResponse) -> bool,
+    ) -> GetTaskResponse {
+        wait_for(&format!("task {id}: {what}"), timeout, POLL, async || {
+            self.assert_alive();
+            let resp = self.try_get(id).await.map_err(|s| format!("{s:?}"))?;
+            if check(&resp) {
+                Ok(resp)
+            } else {
+                Err(describe::task_with_events(&resp))
+            }
+        })
+        .await
+    }
+
     /// Asks the manager to stop a task; panics on error.
     pub async fn stop(&self, id: &str) -> Task {
         self.control()

@@ -1,6 +1,7 @@
 //! One test's cluster: a manager on a free loopback port, named agents, a
 //! temp dir for their data and logs, and the run's image. Dropping it kills
 //! exactly the processes it started and removes the run's containers and image.
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -9,21 +10,31 @@ use tempfile::TempDir;
 
 use crate::binaries::{binary, AGENT, MANAGER};
 use crate::image::TestImage;
-use crate::process::{tail, ManagedProcess, LOG_TAIL};
+use crate::options::{manager_args, AgentOptions, ClusterBuilder};
+use crate::process::ManagedProcess;
 use crate::startup::{forward_lines, wait_listening};
+
+/// One agent process and its name.
+pub(crate) struct AgentProcess {
+    pub(crate) name: String,
+    pub(crate) process: ManagedProcess,
+}
 
 /// The processes of a cluster, behind a lock so waits can check they are alive.
 #[derive(Default)]
-struct Processes {
-    manager: Option<ManagedProcess>,
-    agents: Vec<(String, ManagedProcess)>,
+pub(crate) struct Processes {
+    pub(crate) manager: Option<ManagedProcess>,
+    pub(crate) agents: Vec<AgentProcess>,
 }
 
 /// A manager, its agents and the run's image.
 pub struct Cluster {
     pub(crate) run_id: String,
     port: u16,
-    processes: Mutex<Processes>,
+    manager_flags: Vec<String>,
+    /// Options of every agent ever added, reused when it is restarted.
+    pub(crate) agent_options: HashMap<String, AgentOptions>,
+    pub(crate) processes: Mutex<Processes>,
     pub(crate) client: Mutex<Option<ControlClient>>,
     // Dropped after the processes are killed (see Drop): removes the run's
     // containers, then the image.
@@ -32,9 +43,20 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Builds the image, starts a manager and one agent per name, and waits
-    /// until every agent's node is READY.
+    /// Builds the image, starts a manager with default flags and one agent
+    /// per name, and waits until every agent's node is READY.
     pub async fn start(agent_names: &[&str]) -> Self {
+        Self::builder().agents(agent_names).start().await
+    }
+
+    /// A cluster with extra manager flags; see [`ClusterBuilder`].
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder::default()
+    }
+
+    /// Builds the image, starts the manager with `manager_flags` and the
+    /// named agents, and waits until they are READY.
+    pub(crate) async fn launch(manager_flags: Vec<String>, agent_names: &[&str]) -> Self {
         let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let image = tokio::task::block_in_place(|| TestImage::build(&run_id));
         let dir = tempfile::Builder::new()
@@ -44,6 +66,8 @@ impl Cluster {
         let mut cluster = Self {
             run_id,
             port: 0,
+            manager_flags,
+            agent_options: HashMap::new(),
             processes: Mutex::default(),
             client: Mutex::new(None),
             image,
@@ -84,17 +108,10 @@ impl Cluster {
     /// Starts the manager on `port` (0: any free port) and records the port
     /// it reports.
     fn start_manager(&mut self, port: u16) {
-        let args = vec![
-            "--host".to_string(),
-            "127.0.0.1".to_string(),
-            "--port".to_string(),
-            port.to_string(),
-            "--data-dir".to_string(),
-            self.manager_data_dir().display().to_string(),
-        ];
+        let args = manager_args(port, &self.manager_data_dir(), &self.manager_flags);
         let log = self.dir.path().join("manager.log");
         let (mut process, stdout) =
-            ManagedProcess::spawn("manager", &binary(MANAGER), &args, &log, true);
+            ManagedProcess::spawn("manager", &binary(MANAGER), &args, &[], &log, true);
         let stdout = stdout.expect("manager stdout is piped");
         let lines = forward_lines(stdout, self.dir.path().join("manager.stdout.log"));
         let addr = tokio::task::block_in_place(|| wait_listening(&lines, &mut process));
@@ -120,51 +137,59 @@ impl Cluster {
         *self.client.lock().unwrap() = None;
     }
 
-    /// Starts the manager again on the same data dir and port.
+    /// Starts the manager again on the same data dir, port and flags.
     pub fn restart_manager(&mut self) {
         self.kill_manager();
         let port = self.port;
         self.start_manager(port);
     }
 
-    /// Starts an agent named `name` with its own data dir. The resync
-    /// interval is an hour so that every update the tests see comes from
-    /// Docker's event stream, not from a periodic re-list.
+    /// Starts an agent named `name` with its own data dir, with the options
+    /// it was last added with (default options the first time).
     pub fn add_agent(&mut self, name: &str) {
+        let options = self.agent_options.get(name).cloned().unwrap_or_default();
+        self.add_agent_with(name, options);
+    }
+
+    /// Starts an agent named `name` with its own data dir and `options`
+    /// (kept for [`Cluster::restart_agent`]).
+    pub fn add_agent_with(&mut self, name: &str, options: AgentOptions) {
         let data = self.dir.path().join(format!("agent-{name}"));
-        let args: Vec<String> = [
-            "--manager",
-            &self.addr(),
-            "--name",
-            name,
-            "--data-dir",
-            &data.display().to_string(),
-            "--resync-interval",
-            "1h",
-            // busybox as PID 1 ignores SIGTERM: keep stops short.
-            "--stop-timeout",
-            "2s",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let args = options.args(name, &self.addr(), &data);
         let log = self.dir.path().join(format!("agent-{name}.log"));
-        let (process, _) =
-            ManagedProcess::spawn(&format!("agent {name}"), &binary(AGENT), &args, &log, false);
-        self.processes
-            .get_mut()
-            .unwrap()
+        let (process, _) = ManagedProcess::spawn(
+            &format!("agent {name}"),
+            &binary(AGENT),
+            &args,
+            options.env_vars(),
+            &log,
+            false,
+        );
+        self.agent_options.insert(name.to_string(), options);
+        self.processes.get_mut().unwrap().agents.push(AgentProcess {
+            name: name.to_string(),
+            process,
+        });
+    }
+
+    /// The pid of the running agent named `name`.
+    pub fn agent_pid(&self, name: &str) -> u32 {
+        let procs = self.processes.lock().unwrap();
+        procs
             .agents
-            .push((name.to_string(), process));
+            .iter()
+            .find(|a| a.name == name)
+            .and_then(|a| a.process.pid())
+            .unwrap_or_else(|| panic!("no running agent named {name}"))
     }
 
     /// SIGKILLs the agent named `name` (only its own pid); its data dir stays.
     pub fn kill_agent(&mut self, name: &str) {
         let agents = &mut self.processes.get_mut().unwrap().agents;
         let before = agents.len();
-        agents.retain_mut(|(n, p)| {
-            if n == name {
-                p.kill();
+        agents.retain_mut(|a| {
+            if a.name == name {
+                a.process.kill();
                 false
             } else {
                 true
@@ -173,58 +198,11 @@ impl Cluster {
         assert!(agents.len() < before, "no agent named {name} to kill");
     }
 
-    /// Kills the agent named `name` and starts it again on the same data dir.
+    /// Kills the agent named `name` and starts it again on the same data dir
+    /// with the same options.
     pub fn restart_agent(&mut self, name: &str) {
         self.kill_agent(name);
         self.add_agent(name);
-    }
-
-    /// Panics if a process this cluster started (and did not kill) exited.
-    pub fn assert_alive(&self) {
-        let mut procs = self.processes.lock().unwrap();
-        let Processes { manager, agents } = &mut *procs;
-        for p in manager.iter_mut().chain(agents.iter_mut().map(|(_, p)| p)) {
-            if let Some(status) = p.exit_status() {
-                panic!(
-                    "{} exited unexpectedly ({status}); its log:\n{}",
-                    p.label(),
-                    tail(p.log_path(), LOG_TAIL)
-                );
-            }
-        }
-    }
-
-    /// The tail of every log, with the exit status of processes that died.
-    pub fn logs_report(&self) -> String {
-        let mut report = format!("=== cluster {} (run {}) ===\n", self.addr(), self.run_id);
-        let mut section = |label: &str, status: Option<String>, path: &Path| {
-            report.push_str(&format!(
-                "--- {label} ({}){} ---\n{}\n",
-                path.display(),
-                status.map(|s| format!(", exited: {s}")).unwrap_or_default(),
-                tail(path, LOG_TAIL)
-            ));
-        };
-        // A panic while the lock was held must not hide the logs.
-        let mut procs = self
-            .processes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let manager_status = procs
-            .manager
-            .as_mut()
-            .and_then(ManagedProcess::exit_status)
-            .map(|s| s.to_string());
-        section(
-            "manager",
-            manager_status,
-            &self.dir.path().join("manager.log"),
-        );
-        for (_, agent) in &mut procs.agents {
-            let status = agent.exit_status().map(|s| s.to_string());
-            section(agent.label(), status, agent.log_path());
-        }
-        report
     }
 }
 
@@ -239,8 +217,8 @@ impl Drop for Cluster {
             .processes
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (_, agent) in &mut procs.agents {
-            agent.kill();
+        for agent in &mut procs.agents {
+            agent.process.kill();
         }
         if let Some(manager) = procs.manager.as_mut() {
             manager.kill();

@@ -29,7 +29,7 @@ pub fn node_state(node: &Node) -> NodeState {
 pub fn task(task: &Task) -> String {
     let s = status(task);
     format!(
-        "{} {} {:?} node={}({}) exit={:?} attempt={} container={} ports={:?}",
+        "{} {} {:?} node={}({}) exit={:?} attempt={} restarts={} transient={} container={} ports={:?}",
         task.id,
         task_state_name(state(task)),
         s.reason,
@@ -37,6 +37,8 @@ pub fn task(task: &Task) -> String {
         s.node_id,
         s.exit_code,
         s.attempt,
+        s.restarts,
+        s.transient_failures,
         s.container_id,
         s.ports
             .iter()
@@ -57,22 +59,27 @@ pub fn task_with_events(resp: &GetTaskResponse) -> String {
         .iter()
         .map(|e| {
             format!(
-                "{}(attempt {}, {:?})",
+                "{}(attempt {}, {:?}, at {})",
                 task_state_name(event_state(e)),
                 e.attempt,
-                e.reason
+                e.reason,
+                e.timestamp
+                    .as_ref()
+                    .map(|t| format!("{}.{:03}", t.seconds, t.nanos / 1_000_000))
+                    .unwrap_or_default()
             )
         })
         .collect();
     format!("{head}; events: [{}]", events.join(", "))
 }
 
-/// `name state id`.
+/// `name state [lost] id`.
 pub fn node(node: &Node) -> String {
     format!(
-        "{} {} {}",
+        "{} {}{} {}",
         node.name,
         node_state_name(node_state(node)),
+        if node.lost { " lost" } else { "" },
         node.id
     )
 }

@@ -39,6 +39,52 @@ pub fn task_containers(task_id: &str) -> Vec<String> {
     containers_with_label(&format!("minkube.task-id={task_id}"))
 }
 
+/// Ids of the running containers of one minkube task.
+pub fn running_task_containers(task_id: &str) -> Vec<String> {
+    let filter = format!("label=minkube.task-id={task_id}");
+    docker_ok(&["ps", "--no-trunc", "-q", "--filter", &filter])
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// A running container of a task: its id, node label and attempt label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Container id.
+    pub container: String,
+    /// `minkube.node-id`.
+    pub node_id: String,
+    /// `minkube.attempt`.
+    pub attempt: String,
+}
+
+/// The running containers of a task with their placement labels, read in
+/// one `docker ps` (a container may vanish between two docker calls).
+pub fn running_task_placements(task_id: &str) -> Vec<Placement> {
+    let filter = format!("label=minkube.task-id={task_id}");
+    let format = r#"{{.ID}} {{.Label "minkube.node-id"}} {{.Label "minkube.attempt"}}"#;
+    docker_ok(&["ps", "--no-trunc", "--filter", &filter, "--format", format])
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace().map(str::to_string);
+            Some(Placement {
+                container: f.next()?,
+                node_id: f.next().unwrap_or_default(),
+                attempt: f.next().unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// Whether a container is running (false if it is gone).
+pub fn is_running(container: &str) -> bool {
+    let out = docker(&["inspect", "--format", "{{.State.Running}}", container]);
+    out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "true"
+}
+
 /// The labels of a container.
 pub fn container_labels(container: &str) -> HashMap<String, String> {
     let json = docker_ok(&["inspect", "--format", "{{json .Config.Labels}}", container]);

@@ -10,9 +10,16 @@ pub mod cluster;
 pub mod describe;
 pub mod docker;
 pub mod image;
+mod nodes;
+pub mod options;
 pub mod process;
+pub mod proxy;
+pub mod registry;
+mod report;
+pub mod signal;
 mod startup;
 pub mod wait;
 
 pub use cluster::Cluster;
+pub use options::{AgentOptions, ClusterBuilder};
 pub use wait::{wait_for, POLL, WAIT};

@@ -16,20 +16,24 @@ pub struct ManagedProcess {
 }
 
 impl ManagedProcess {
-    /// Starts `program args`, stderr appended to `log` (and stdout too unless
-    /// `pipe_stdout`, in which case the pipe is returned).
+    /// Starts `program args` with `env` added to the test's environment,
+    /// stderr appended to `log` (and stdout too unless `pipe_stdout`, in
+    /// which case the pipe is returned).
     pub fn spawn(
         label: &str,
         program: &Path,
         args: &[String],
+        env: &[(String, String)],
         log: &Path,
         pipe_stdout: bool,
     ) -> (Self, Option<ChildStdout>) {
         let mut file = open_append(log);
         // A marker so restarts of the same process are easy to tell apart.
+        let env_shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
         writeln!(
             file,
-            "--- starting {label}: {} {}",
+            "--- starting {label}: {}{} {}",
+            env_shown.concat(),
             program.display(),
             args.join(" ")
         )
@@ -42,6 +46,7 @@ impl ManagedProcess {
         };
         let mut child = Command::new(program)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(Stdio::from(stderr))
@@ -66,6 +71,11 @@ impl ManagedProcess {
     /// Where its output goes.
     pub fn log_path(&self) -> &Path {
         &self.log
+    }
+
+    /// Its pid while it has not been killed by the harness.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Whether it already exited, and how.

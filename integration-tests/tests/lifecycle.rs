@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use minkube::pb::{PortSpec, Protocol, TaskState};
+use minkube::pb::{PortSpec, Protocol, PullPolicy, TaskState};
 use minkube_integration_tests::docker::{task_containers, wait_task_containers_gone};
 use minkube_integration_tests::{describe, wait_for, Cluster, POLL, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -163,6 +163,10 @@ async fn missing_image_fails_once() {
     let image_name = format!("minkube-test-missing-{}", cluster.run_id());
     let mut spec = cluster.spec("missing", &["true"]);
     spec.image = format!("{image_name}:nope");
+    // With a pull, the unreachable registry (no network here) would be a
+    // transient failure and be retried; pull policy never makes an absent
+    // image a permanent one.
+    spec.pull_policy = PullPolicy::Never as i32;
     let task = cluster.create(spec).await;
     let resp = cluster
         .wait_task_state(&task.id, &[TaskState::Failed], WAIT)

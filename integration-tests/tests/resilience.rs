@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use minkube::pb::TaskState;
-use minkube_integration_tests::docker::{docker_ok, task_containers, wait_task_containers_gone};
+// is_running tolerates a container removed between two docker calls.
+use minkube_integration_tests::docker::{
+    docker_ok, is_running, task_containers, wait_task_containers_gone,
+};
 use minkube_integration_tests::{describe, wait_for, Cluster, POLL, WAIT};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -131,10 +134,6 @@ fn start_stray_container(cluster: &Cluster, node_id: &str, task_id: &str) -> Str
     ])
     .trim()
     .to_string()
-}
-
-fn is_running(container: &str) -> bool {
-    docker_ok(&["inspect", "--format", "{{.State.Running}}", container]).trim() == "true"
 }
 
 #[tokio::test(flavor = "multi_thread")]

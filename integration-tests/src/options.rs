@@ -1,0 +1,113 @@
+//! How a test's manager and agents are started: extra manager flags (kept
+//! for restarts), and per-agent manager address, flags and environment.
+use std::path::Path;
+
+use crate::cluster::Cluster;
+
+/// Builds a [`Cluster`] with extra manager flags.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterBuilder {
+    manager_flags: Vec<String>,
+    agents: Vec<String>,
+}
+
+impl ClusterBuilder {
+    /// Adds `--flag value` to the manager's command line (also on restarts),
+    /// e.g. `.manager_flag("--node-timeout", "2s")`.
+    pub fn manager_flag(mut self, flag: &str, value: &str) -> Self {
+        self.manager_flags.push(flag.to_string());
+        self.manager_flags.push(value.to_string());
+        self
+    }
+
+    /// Agents started with default options once the manager listens; the
+    /// cluster waits until all of them are READY.
+    pub fn agents(mut self, names: &[&str]) -> Self {
+        self.agents.extend(names.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Builds the image, starts the manager and the agents.
+    pub async fn start(self) -> Cluster {
+        let names: Vec<&str> = self.agents.iter().map(String::as_str).collect();
+        Cluster::launch(self.manager_flags.clone(), &names).await
+    }
+}
+
+/// How one agent is started. The default dials the cluster's manager
+/// directly and uses the local Docker socket.
+#[derive(Debug, Default, Clone)]
+pub struct AgentOptions {
+    manager: Option<String>,
+    env: Vec<(String, String)>,
+    flags: Vec<String>,
+}
+
+impl AgentOptions {
+    /// Default options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Dials `addr` (e.g. a [`crate::proxy::TcpProxy`]) instead of the manager.
+    pub fn manager(mut self, addr: &str) -> Self {
+        self.manager = Some(addr.to_string());
+        self
+    }
+
+    /// Sets an environment variable of the agent, e.g. `DOCKER_HOST`.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Adds `--flag value` to the agent's command line.
+    pub fn flag(mut self, flag: &str, value: &str) -> Self {
+        self.flags.push(flag.to_string());
+        self.flags.push(value.to_string());
+        self
+    }
+
+    /// The agent's environment additions.
+    pub(crate) fn env_vars(&self) -> &[(String, String)] {
+        &self.env
+    }
+
+    /// The agent's command line. The resync interval is an hour so that
+    /// every update the tests see comes from Docker's event stream, not
+    /// from a periodic re-list; busybox as PID 1 ignores SIGTERM, so stops
+    /// are kept short. Flags set with [`AgentOptions::flag`] replace these
+    /// defaults (clap refuses a flag given twice).
+    pub(crate) fn args(&self, name: &str, manager: &str, data_dir: &Path) -> Vec<String> {
+        let data_dir = data_dir.display().to_string();
+        let defaults = [
+            ("--manager", self.manager.as_deref().unwrap_or(manager)),
+            ("--name", name),
+            ("--data-dir", data_dir.as_str()),
+            ("--resync-interval", "1h"),
+            ("--stop-timeout", "2s"),
+        ];
+        let overridden = |flag: &str| self.flags.iter().step_by(2).any(|f| f == flag);
+        let mut args: Vec<String> = defaults
+            .iter()
+            .filter(|(flag, _)| !overridden(flag))
+            .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
+            .collect();
+        args.extend(self.flags.iter().cloned());
+        args
+    }
+}
+
+/// The manager's command line: loopback, `port`, `data_dir`, then `extra`.
+pub(crate) fn manager_args(port: u16, data_dir: &Path, extra: &[String]) -> Vec<String> {
+    let mut args = vec![
+        "--host".to_string(),
+        "127.0.0.1".to_string(),
+        "--port".to_string(),
+        port.to_string(),
+        "--data-dir".to_string(),
+        data_dir.display().to_string(),
+    ];
+    args.extend(extra.iter().cloned());
+    args
+}
