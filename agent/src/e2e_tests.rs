@@ -235,7 +235,7 @@ async fn sessions_register_sync_run_stop_and_reconnect() {
     tx.send(to_agent(manager_message::Msg::Stop(pb::StopOrder {
         task_id: "t1".into(),
         attempt: 1,
-        reason: "user".into(),
+        reason: "stopped by user".into(),
         ..Default::default()
     })))
     .await

@@ -32,9 +32,13 @@ pub struct TaskRecord {
     /// across attempts and restarts so the manager never sees it go back.
     #[prost(uint64, tag = "3")]
     pub sequence: u64,
-    /// A stop was ordered: whatever happens next ends as "stopped by user".
+    /// A stop was ordered: whatever happens next ends COMPLETED with `stop_reason`.
     #[prost(bool, tag = "4")]
     pub stop_requested: bool,
+    /// Why the stop was ordered (the manager's reason, or why the agent
+    /// decided it); empty means "stopped by user".
+    #[prost(string, tag = "5")]
+    pub stop_reason: String,
 }
 
 impl TaskRecord {
@@ -61,6 +65,15 @@ impl TaskRecord {
         self.last_update
             .as_ref()
             .map_or(pb::TaskState::Pending, |u| u.state())
+    }
+
+    /// The reason a stop of this task is reported with.
+    pub fn stop_reason(&self) -> String {
+        if self.stop_reason.is_empty() {
+            "stopped by user".to_string()
+        } else {
+            self.stop_reason.clone()
+        }
     }
 
     /// Completed or failed.
@@ -248,6 +261,7 @@ mod tests {
             }),
             sequence: seq,
             stop_requested: true,
+            stop_reason: "stopped by user".into(),
         }
     }
 

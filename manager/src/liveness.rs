@@ -92,21 +92,21 @@ fn handle_lost_node(
     let mut reschedule = false;
     for id in ids {
         let Some(e) = st.tasks.get(&id) else { continue };
+        let outcome = if e.state() == TaskState::Running {
+            Outcome::NodeLostRunning
+        } else {
+            Outcome::NodeLostBeforeStart
+        };
         let decision = if e.task.desired_state() == DesiredState::Stopped {
             policy::Decision::Finish(
                 TaskState::Completed,
                 "stopped by user; its node was lost before confirming (the agent removes the container when it returns)".into(),
             )
         } else {
-            let outcome = if e.state() == TaskState::Running {
-                Outcome::NodeLostRunning
-            } else {
-                Outcome::NodeLostBeforeStart
-            };
             policy::decide(&e.task, &outcome, retry, &mut rand::rng())
         };
         reschedule |= matches!(decision, policy::Decision::Again { .. });
-        if let Err(err) = st.apply_decision(&id, decision, out) {
+        if let Err(err) = st.apply_decision(&id, &outcome, decision, out) {
             tracing::error!(task_id = %id, error = %err, "cannot handle task of a lost node");
         }
     }

@@ -28,6 +28,13 @@ pub enum Outcome {
     NodeLostBeforeStart,
 }
 
+impl Outcome {
+    /// Counts against `max_attempts`.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Outcome::Transient(_) | Outcome::NodeLostBeforeStart)
+    }
+}
+
 /// Whether a new attempt is a restart or a retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttemptKind {

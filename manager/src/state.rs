@@ -255,12 +255,25 @@ impl State {
     pub fn apply_decision(
         &mut self,
         id: &str,
+        outcome: &crate::policy::Outcome,
         decision: crate::policy::Decision,
         out: &mut Vec<Mutation>,
     ) -> Result<(), TransitionError> {
         match decision {
             crate::policy::Decision::Finish(state, reason) => {
-                self.transition(id, state, &reason, |_| {}, out)
+                let transient = outcome.is_transient();
+                self.transition(
+                    id,
+                    state,
+                    &reason,
+                    |s| {
+                        if transient {
+                            // The last attempt counts too: "gave up after N".
+                            s.transient_failures = s.transient_failures.saturating_add(1);
+                        }
+                    },
+                    out,
+                )
             }
             crate::policy::Decision::Again {
                 kind,

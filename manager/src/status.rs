@@ -71,6 +71,12 @@ pub fn apply_update(
         st.put_task(&u.task_id, out);
         return Applied::Unchanged;
     }
+    if state_machine::is_terminal(from) {
+        // E.g. a returning node reports stopping a container of a task the
+        // manager already ended: expected, nothing to change.
+        st.put_task(&u.task_id, out);
+        return Applied::Ignored("task already finished");
+    }
     if !state_machine::can_transition(from, to) {
         tracing::warn!(
             task_id = %u.task_id,
@@ -134,7 +140,7 @@ fn finish_attempt(
         // The ended attempt's facts (exit code, times) stay visible either way.
         fill(e.task.status.get_or_insert_with(Default::default), u);
     }
-    st.apply_decision(&u.task_id, decision, out)
+    st.apply_decision(&u.task_id, &outcome, decision, out)
 }
 
 /// What the node should run (DesiredSet) and what it must stop, for a new session.
@@ -362,6 +368,25 @@ mod tests {
             apply_update(&mut st, "n1", &T, &late, &mut out),
             Applied::Ignored("task is placed on another node")
         );
+
+        // The third transient failure gives up, and counts.
+        let mut st = State::default();
+        placed(&mut st, "g", "n1");
+        st.tasks
+            .get_mut("g")
+            .unwrap()
+            .task
+            .status
+            .as_mut()
+            .unwrap()
+            .transient_failures = 2;
+        let mut u = update("g", 1, TaskState::Failed);
+        u.failure = FailureKind::Transient as i32;
+        u.reason = "docker unavailable".into();
+        apply_update(&mut st, "n1", &T, &u, &mut out);
+        let g = st.tasks["g"].status();
+        assert_eq!((g.state(), g.transient_failures), (TaskState::Failed, 3));
+        assert_eq!(g.reason, "gave up after 3 attempts: docker unavailable");
 
         let mut st = State::default();
         placed(&mut st, "p", "n1");

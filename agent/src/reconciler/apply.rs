@@ -8,7 +8,11 @@ use minkube::pb::{self, TaskState};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::report::{Report, STOPPED_BY_USER};
+use super::report::Report;
+
+/// Why the agent stops a container the manager's desired set leaves out.
+const NOT_DESIRED: &str =
+    "stopped: no longer wanted on this node (moved, finished or stopped while the node was away)";
 use super::work::{self, JobResult, ListPurpose};
 use super::{Entry, Input, Job, Outbound, Reconciler};
 use crate::local_store::{valid_task_id, TaskRecord};
@@ -118,7 +122,9 @@ impl Reconciler {
             .get(&task_id)
             .map(|e| (e.rec.attempt(), e.rec.sequence));
         match known {
-            Some((attempt, _)) if attempt == order.attempt => self.request_stop(&task_id),
+            Some((attempt, _)) if attempt == order.attempt => {
+                self.request_stop(&task_id, &order.reason);
+            }
             Some((attempt, _)) if attempt > order.attempt => {
                 debug!(task_id = %task_id, attempt = order.attempt, known = attempt, "ignoring a stop order for an older attempt");
             }
@@ -137,13 +143,14 @@ impl Reconciler {
                 let generation = self.bump();
                 self.tasks
                     .insert(task_id.clone(), Entry::new(rec, generation));
-                self.request_stop(&task_id);
+                self.request_stop(&task_id, &order.reason);
             }
         }
     }
 
-    /// Marks a task for stopping and gets the stop going.
-    pub(super) fn request_stop(&mut self, task_id: &str) {
+    /// Marks a task for stopping (with the reason its report will carry) and
+    /// gets the stop going.
+    pub(super) fn request_stop(&mut self, task_id: &str, reason: &str) {
         let Some(e) = self.tasks.get_mut(task_id) else {
             return;
         };
@@ -153,6 +160,7 @@ impl Reconciler {
         }
         if !e.rec.stop_requested {
             e.rec.stop_requested = true;
+            e.rec.stop_reason = reason.to_string();
             self.persist(task_id);
             self.touch(task_id);
         }
@@ -189,7 +197,7 @@ impl Reconciler {
             };
             if !e.rec.is_terminal() {
                 info!(task_id = %task_id, attempt = e.rec.attempt(), "task not in the desired set; stopping it");
-                self.request_stop(&task_id);
+                self.request_stop(&task_id, NOT_DESIRED);
             } else if e.synced_terminal && matches!(e.job, Job::Idle) {
                 // The manager has its end and no longer lists it.
                 self.forget(&task_id);
@@ -285,11 +293,12 @@ impl Reconciler {
             return;
         }
         e.job = Job::Idle;
+        let reason = e.rec.stop_reason();
         match outcome {
             Ok(exit_code) => {
                 self.report(
                     task_id,
-                    Report::new(TaskState::Completed, STOPPED_BY_USER).exit_code(exit_code),
+                    Report::new(TaskState::Completed, reason).exit_code(exit_code),
                 )
                 .await;
             }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use minkube::pb::{FailureKind, TaskState};
 use tracing::{debug, info, warn};
 
-use super::report::{Report, STOPPED_BY_USER};
+use super::report::Report;
 use super::work::{self, JobResult, ListPurpose, Listing, StartOutcome};
 use super::{Exit, Internal, Job, Reconciler};
 use crate::runtime::{ContainerInfo, EventKind, RuntimeEvent};
@@ -227,6 +227,7 @@ impl Reconciler {
         };
         let attempt = e.rec.attempt();
         let stop_requested = e.rec.stop_requested;
+        let stop_reason = e.rec.stop_reason();
         let state = e.rec.state();
         let known_container = e.rec.container_id().map(str::to_string);
         let mut mine: Vec<_> = listing
@@ -266,7 +267,7 @@ impl Reconciler {
             // desired set deals with it.
             Some(_) => {}
             None if stop_requested => {
-                self.report(task_id, Report::new(TaskState::Completed, STOPPED_BY_USER))
+                self.report(task_id, Report::new(TaskState::Completed, stop_reason))
                     .await;
             }
             None => {

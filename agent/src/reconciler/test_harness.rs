@@ -47,7 +47,7 @@ pub fn stop_order(task_id: &str, attempt: u32) -> pb::StopOrder {
     pb::StopOrder {
         task_id: task_id.into(),
         attempt,
-        reason: "user asked".into(),
+        reason: "stopped by user".into(),
         ..Default::default()
     }
 }

@@ -65,9 +65,12 @@ pub enum SessionError {
     /// The manager could not be dialled.
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    /// Register failed.
+    /// The manager answered Register with an error.
     #[error("registration refused: {0}")]
     Register(String),
+    /// Register did not reach the manager or got no answer.
+    #[error("cannot reach the manager to register: {0}")]
+    RegisterUnreachable(String),
     /// The stream failed.
     #[error("session stream failed: {} ({:?})", .0.message(), .0.code())]
     Stream(tonic::Status),
@@ -146,6 +149,17 @@ fn register_error(cfg: &SessionConfig, status: &tonic::Status) -> SessionError {
         ),
         tonic::Code::InvalidArgument => {
             "; fix the flag it names (--name, --label, --advertise-address)".to_string()
+        }
+        // Transport trouble, not a refusal: the session loop retries with backoff.
+        tonic::Code::Unavailable
+        | tonic::Code::Cancelled
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::Unknown => {
+            return SessionError::RegisterUnreachable(format!(
+                "{} ({:?})",
+                status.message(),
+                status.code()
+            ))
         }
         _ => String::new(),
     };
