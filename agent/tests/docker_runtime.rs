@@ -57,7 +57,7 @@ fn import_image(run: &str) -> String {
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::copy("/bin/busybox", bin.join("busybox"))
         .expect("/bin/busybox is missing: apt-get install busybox-static");
-    for applet in ["sh", "sleep", "dd", "true", "echo"] {
+    for applet in ["sh", "sleep", "dd", "tr", "true", "echo"] {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
     }
     let tag = format!("minkube-agent-test:{run}");
@@ -189,11 +189,17 @@ async fn exercise(rt: &DockerRuntime, node: &str, image: &str) {
     );
     assert!(info.finished_at.is_some());
 
-    // Over the memory limit: OOM killed.
+    // Over the memory limit: OOM killed. The shell grows a 64 MB string in
+    // user space (page faults are OOM-killed; a single huge read() could fail
+    // with ENOMEM instead, which would not prove the OOM path).
     let a = assignment(
         "task-oom",
         image,
-        &["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"],
+        &[
+            "sh",
+            "-c",
+            "a=$(dd if=/dev/zero bs=1M count=64 2>/dev/null | tr '\\0' x); echo ${#a}",
+        ],
         8,
     );
     let spec = ContainerSpec::for_assignment(node, &a).unwrap();
