@@ -198,6 +198,41 @@ impl Cluster {
         assert!(agents.len() < before, "no agent named {name} to kill");
     }
 
+    /// SIGTERMs the agent named `name` and waits (bounded) for it to exit;
+    /// returns how it exited. Its data dir stays.
+    pub fn terminate_agent(&mut self, name: &str) -> std::process::ExitStatus {
+        let agents = &mut self.processes.get_mut().unwrap().agents;
+        let i = agents
+            .iter()
+            .position(|a| a.name == name)
+            .unwrap_or_else(|| panic!("no agent named {name} to terminate"));
+        let mut agent = agents.remove(i);
+        agent
+            .process
+            .terminate(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("agent {name} did not exit within 20s of SIGTERM"))
+    }
+
+    /// SIGTERMs the manager and waits (bounded) for it to exit.
+    pub fn terminate_manager(&mut self) -> std::process::ExitStatus {
+        let mut m = self
+            .processes
+            .get_mut()
+            .unwrap()
+            .manager
+            .take()
+            .expect("no manager to terminate");
+        *self.client.lock().unwrap() = None;
+        m.terminate(std::time::Duration::from_secs(20))
+            .expect("manager did not exit within 20s of SIGTERM")
+    }
+
+    /// Starts the manager again after [`Cluster::terminate_manager`].
+    pub fn start_manager_again(&mut self) {
+        let port = self.port;
+        self.start_manager(port);
+    }
+
     /// Kills the agent named `name` and starts it again on the same data dir
     /// with the same options.
     pub fn restart_agent(&mut self, name: &str) {

@@ -85,6 +85,22 @@ impl ManagedProcess {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
+    /// Sends SIGTERM and waits up to `timeout` for the exit; `None` if it
+    /// is still running then (the caller's drop kills it).
+    pub fn terminate(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.pid()?;
+        assert!(crate::signal::send("TERM", pid), "kill -TERM {pid} failed");
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.exit_status() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        None
+    }
+
     /// SIGKILL and reap. Only this child's pid is signalled.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

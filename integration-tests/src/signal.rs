@@ -2,7 +2,8 @@
 //! forbids unsafe code, so no libc).
 use std::process::Command;
 
-fn send(signal: &str, pid: u32) -> bool {
+/// Sends `signal` (e.g. "TERM") to `pid`, a process the test started.
+pub fn send(signal: &str, pid: u32) -> bool {
     Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(pid.to_string())
