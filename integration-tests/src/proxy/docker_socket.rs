@@ -1,13 +1,11 @@
 //! A unix socket in front of the Docker daemon's, so a test can make Docker
 //! unreachable for one agent only.
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{dropped, pump, LinkState, Switch};
+use super::{accept_loop, Switch};
 
 /// The daemon's socket.
 pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
@@ -26,7 +24,8 @@ impl DockerSocketProxy {
         let listener = UnixListener::bind(path)
             .unwrap_or_else(|e| panic!("bind the Docker proxy at {}: {e}", path.display()));
         let switch = Switch::new();
-        let accept = tokio::spawn(accept_loop(listener, switch.subscribe()));
+        let connect = || UnixStream::connect(DOCKER_SOCKET);
+        let accept = tokio::spawn(accept_loop(listener, connect, switch.subscribe()));
         Self {
             path: path.to_path_buf(),
             switch,
@@ -55,33 +54,5 @@ impl Drop for DockerSocketProxy {
     fn drop(&mut self) {
         self.accept.abort();
         let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-async fn accept_loop(listener: UnixListener, mut rx: watch::Receiver<LinkState>) {
-    let mut owner = rx.clone();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = dropped(&mut owner) => return,
-        };
-        let client = match accepted {
-            Ok((client, _)) => client,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let state = *rx.borrow_and_update();
-        if !state.open {
-            drop(client);
-            continue;
-        }
-        let conn_rx = rx.clone();
-        tokio::spawn(async move {
-            if let Ok(upstream) = UnixStream::connect(DOCKER_SOCKET).await {
-                pump(client, upstream, conn_rx, state.epoch).await;
-            }
-        });
     }
 }

@@ -9,7 +9,11 @@ mod tcp;
 pub use docker_socket::DockerSocketProxy;
 pub use tcp::TcpProxy;
 
+use std::future::Future;
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 
 /// Whether a proxy forwards. `epoch` grows on every cut, so a connection
@@ -82,5 +86,64 @@ where
     tokio::select! {
         _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
         _ = cut_or_dropped(&mut rx, epoch) => {}
+    }
+}
+
+/// A listener a proxy accepts clients on.
+trait Accept: Send + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept_one(&self) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Stream = TcpStream;
+    async fn accept_one(&self) -> std::io::Result<TcpStream> {
+        let (s, _) = self.accept().await?;
+        let _ = s.set_nodelay(true);
+        Ok(s)
+    }
+}
+
+impl Accept for UnixListener {
+    type Stream = UnixStream;
+    async fn accept_one(&self) -> std::io::Result<UnixStream> {
+        Ok(self.accept().await?.0)
+    }
+}
+
+/// Accepts clients until the proxy is dropped; while the link is open each
+/// gets a fresh upstream connection from `connect` and is pumped; while cut,
+/// clients are closed at once. A failed upstream connect closes the client,
+/// as a dead host would.
+async fn accept_loop<L, U, C, F>(listener: L, connect: C, mut rx: watch::Receiver<LinkState>)
+where
+    L: Accept,
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C: Fn() -> F + Clone + Send + 'static,
+    F: Future<Output = std::io::Result<U>> + Send,
+{
+    let mut owner = rx.clone();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept_one() => a,
+            () = dropped(&mut owner) => return,
+        };
+        let Ok(client) = accepted else {
+            // e.g. too many open files: try again shortly.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let state = *rx.borrow_and_update();
+        if !state.open {
+            drop(client);
+            continue;
+        }
+        let conn_rx = rx.clone();
+        let connect = connect.clone();
+        tokio::spawn(async move {
+            if let Ok(upstream) = connect().await {
+                pump(client, upstream, conn_rx, state.epoch).await;
+            }
+        });
     }
 }
