@@ -185,34 +185,7 @@ mod tests {
             ("never", pb::RestartPolicy::Never, TaskState::Running),
             ("unstarted", pb::RestartPolicy::Never, TaskState::Scheduled),
         ] {
-            st.insert_task(
-                pb::Task {
-                    id: id.into(),
-                    spec: Some(pb::TaskSpec {
-                        restart_policy: policy as i32,
-                        memory_mb: 10,
-                        ..Default::default()
-                    }),
-                    desired_state: DesiredState::Running as i32,
-                    status: Some(pb::TaskStatus {
-                        state: TaskState::Pending as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-                &mut out,
-            );
-            st.transition(
-                id,
-                TaskState::Scheduled,
-                "placed",
-                |s| {
-                    s.node_id = "n1".into();
-                    s.attempt = 1;
-                },
-                &mut out,
-            )
-            .unwrap();
+            crate::state::fixtures::placed(&mut st, id, "n1", policy);
             st.unplaced.remove(id);
             if state == TaskState::Running {
                 st.transition(id, TaskState::Running, "started", |_| {}, &mut out)

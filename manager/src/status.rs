@@ -220,34 +220,7 @@ mod tests {
     };
 
     fn placed(st: &mut State, id: &str, node: &str) {
-        let mut out = Vec::new();
-        st.insert_task(
-            pb::Task {
-                id: id.into(),
-                spec: Some(pb::TaskSpec {
-                    memory_mb: 10,
-                    ..Default::default()
-                }),
-                desired_state: DesiredState::Running as i32,
-                status: Some(pb::TaskStatus {
-                    state: TaskState::Pending as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            &mut out,
-        );
-        st.transition(
-            id,
-            TaskState::Scheduled,
-            "placed",
-            |s| {
-                s.node_id = node.into();
-                s.attempt = 1;
-            },
-            &mut out,
-        )
-        .unwrap();
+        crate::state::fixtures::placed(st, id, node, pb::RestartPolicy::Never);
     }
 
     fn update(id: &str, seq: u64, state: TaskState) -> pb::TaskStatusUpdate {
