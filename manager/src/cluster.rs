@@ -16,6 +16,10 @@ use crate::state::State;
 use crate::store::{committer, Committer, Mutation, Store};
 use minkube_common::retry::Backoff;
 
+/// How long a message waits for room in an agent's stream before the agent
+/// counts as gone.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Tunables of the core.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -158,7 +162,7 @@ impl Cluster {
                     wake_at = pass.wake_at;
                     for p in pass.placements {
                         let msg = pb::manager_message::Msg::Assignment(p.assignment);
-                        self.send(&p.node_id, msg);
+                        self.send(&p.node_id, msg).await;
                     }
                 }
                 Err(e) => {
@@ -169,25 +173,26 @@ impl Cluster {
         }
     }
 
-    /// Sends a message down a node's stream, if it has one. A full or closed
-    /// channel means the agent is gone or hopelessly behind: the session is
-    /// dropped, and the agent's next session resynchronises everything.
-    pub(crate) fn send(&self, node_id: &str, msg: pb::manager_message::Msg) -> bool {
-        let mut st = self.lock();
-        let Some(entry) = st.nodes.get_mut(node_id) else {
-            return false;
+    /// Sends a message down a node's stream, if it has one, waiting up to
+    /// [`SEND_TIMEOUT`] for room (a burst of assignments is fine). A channel
+    /// still full after that, or closed, means the agent is gone or hopelessly
+    /// behind: the session is dropped, and the agent's next session
+    /// resynchronises everything.
+    pub(crate) async fn send(&self, node_id: &str, msg: pb::manager_message::Msg) -> bool {
+        let session = {
+            let st = self.lock();
+            match st.nodes.get(node_id).and_then(|n| n.session.as_ref()) {
+                Some(s) => (s.id, s.tx.clone()),
+                None => return false,
+            }
         };
-        let Some(session) = &entry.session else {
-            return false;
-        };
+        let (session_id, tx) = session;
         let message = pb::ManagerMessage { msg: Some(msg) };
-        match session.tx.try_send(Ok(message)) {
+        match tx.send_timeout(Ok(message), SEND_TIMEOUT).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(node_id, error = %e, "agent stream full or closed; dropping the session");
-                session.cancel.cancel();
-                entry.session = None;
-                entry.node.set_state(pb::NodeState::Disconnected);
+                self.detach_session(node_id, session_id);
                 false
             }
         }
@@ -213,5 +218,62 @@ impl Cluster {
             tracing::warn!("background tasks did not stop within {grace:?}");
         }
         self.committer.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::RedbStore;
+
+    #[tokio::test]
+    async fn a_burst_larger_than_the_stream_buffer_waits_instead_of_dropping_the_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open(dir.path()).unwrap());
+        let config = ClusterConfig {
+            session_buffer: 2,
+            ..ClusterConfig::default()
+        };
+        let c = Cluster::start(store, config).unwrap();
+        let node_id = c
+            .register(pb::RegisterRequest {
+                name: "a".into(),
+                capacity: Some(pb::Resources {
+                    cpu_cores: 1.0,
+                    memory_mb: 10_000,
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        c.attach_session(&node_id, tx).unwrap();
+        for i in 0..10 {
+            let spec = pb::TaskSpec {
+                name: format!("t{i}"),
+                image: "busybox".into(),
+                memory_mb: 16,
+                ..Default::default()
+            };
+            c.create_task(Some(spec)).await.unwrap();
+        }
+        let mut assigned = 0;
+        while assigned < 10 {
+            let msg = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("assignments keep coming")
+                .expect("stream open")
+                .unwrap();
+            if let Some(pb::manager_message::Msg::Assignment(_)) = msg.msg {
+                assigned += 1;
+            }
+            // A slow agent.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let node = c.get_node("a").unwrap();
+        assert_eq!(node.state(), pb::NodeState::Ready);
+        assert_eq!(node.active_tasks, 10);
+        c.shutdown(Duration::from_secs(1)).await;
     }
 }

@@ -38,14 +38,19 @@ pub async fn open_session(
             ))
         }
     };
-    let (tx, rx) = mpsc::channel(cluster.config.session_buffer);
-    let session = cluster.attach_session(&node_id, tx)?;
+    let (tx, rx) = mpsc::channel(cluster.config.session_buffer.max(1));
     let welcome = pb::Welcome {
         node_id: node_id.clone(),
         heartbeat_interval_ms: u64::try_from(cluster.config.heartbeat_interval.as_millis())
             .unwrap_or(u64::MAX),
     };
-    cluster.send(&node_id, pb::manager_message::Msg::Welcome(welcome));
+    // Queued before the session is visible to anyone else, so it is always
+    // the first message (the scheduler may send as soon as it is attached).
+    tx.try_send(Ok(pb::ManagerMessage {
+        msg: Some(pb::manager_message::Msg::Welcome(welcome)),
+    }))
+    .map_err(|_| ManagerError::Protocol("could not queue Welcome".into()))?;
+    let session = cluster.attach_session(&node_id, tx)?;
     tracing::info!(node_id = %node_id, session = session.id, "agent session open");
     let c = Arc::clone(&cluster);
     cluster.tasks.spawn(async move {

@@ -197,9 +197,10 @@ impl Cluster {
             self.kick_scheduler();
         }
         if let Some((set, stops)) = follow_up {
-            self.send(node_id, pb::manager_message::Msg::DesiredSet(set));
+            self.send(node_id, pb::manager_message::Msg::DesiredSet(set))
+                .await;
             for s in stops {
-                self.send(node_id, pb::manager_message::Msg::Stop(s));
+                self.send(node_id, pb::manager_message::Msg::Stop(s)).await;
             }
         }
         Ok(())

@@ -178,7 +178,8 @@ impl Cluster {
             .await?;
         if let Some((node_id, order)) = order {
             // If the agent is away, its next session's reconciliation stops it.
-            self.send(&node_id, pb::manager_message::Msg::Stop(order));
+            self.send(&node_id, pb::manager_message::Msg::Stop(order))
+                .await;
         }
         tracing::info!(task_id = id, "stop requested");
         Ok(task)
