@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod config;
 pub mod dispatcher;
 pub mod error;
+pub mod introspection;
 pub mod liveness;
 pub mod nodes;
 pub mod policy;

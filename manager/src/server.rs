@@ -13,6 +13,7 @@ use crate::api::{AgentApi, ControlApi};
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::Args;
 use crate::error::ManagerError;
+use crate::introspection;
 use crate::policy::RetryTimings;
 use crate::store::{RedbStore, Store};
 use minkube_common::retry::Backoff;
@@ -31,6 +32,9 @@ pub enum ServeError {
     /// The store or cluster failed to start.
     #[error(transparent)]
     Manager(#[from] ManagerError),
+    /// Reflection could not be set up.
+    #[error(transparent)]
+    Reflection(#[from] crate::introspection::ReflectionError),
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -97,10 +101,14 @@ impl Manager {
             .max_decoding_message_size(limit);
         let agent = AgentServiceServer::new(AgentApi::new(Arc::clone(&cluster)))
             .max_decoding_message_size(limit);
+        let (health, health_service) = introspection::health().await;
+        let reflection_v1 = introspection::reflection_v1()?;
+        let reflection_v1alpha = introspection::reflection_v1alpha()?;
         let stop = cluster.shutdown.clone();
         let c = Arc::clone(&cluster);
         let on_signal = async move {
             signal.await;
+            introspection::set_all(&health, tonic_health::ServingStatus::NotServing).await;
             tracing::info!("shutting down: closing agent sessions");
             // Ending the sessions lets their streams finish, so the server's
             // graceful stop does not wait on them forever.
@@ -112,6 +120,9 @@ impl Manager {
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(control)
             .add_service(agent)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), on_signal);
         tokio::pin!(server);
         let result = tokio::select! {
