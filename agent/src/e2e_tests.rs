@@ -1,6 +1,7 @@
 //! The whole agent (session loop + reconciler) against an in-process fake
 //! manager on loopback and the fake runtime.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -172,6 +173,7 @@ async fn sessions_register_sync_run_stop_and_reconnect() {
         "w1".into(),
         store,
         Arc::new(rt.clone()),
+        PathBuf::from("/"),
         stop_rx,
     ));
 
@@ -223,7 +225,7 @@ async fn sessions_register_sync_run_stop_and_reconnect() {
         vec![(TaskState::Scheduled, 1), (TaskState::Running, 2)]
     );
 
-    // Heartbeats carry the running count.
+    // Heartbeats carry the running count and the host's statistics.
     let beat = loop {
         if let agent_message::Msg::Heartbeat(b) = next_msg(&mut inbound).await {
             break b;
@@ -231,6 +233,12 @@ async fn sessions_register_sync_run_stop_and_reconnect() {
     };
     assert_eq!(beat.running_tasks, 1);
     assert!(beat.timestamp.is_some());
+    let stats = beat.stats.unwrap();
+    assert!(stats.memory_total_mb > 0, "{stats:?}");
+    assert!(stats.disk_total_mb > 0, "{stats:?}");
+    assert_eq!(stats.disk_path, "/");
+    assert!((0.0..=100.0).contains(&stats.cpu_percent), "{stats:?}");
+    assert!(stats.sampled_at.is_some());
 
     tx.send(to_agent(manager_message::Msg::Stop(pb::StopOrder {
         task_id: "t1".into(),

@@ -1,6 +1,13 @@
-//! What the node offers: CPU cores and memory, read from /proc.
+//! The host: what the node offers (CPU cores and memory, read from /proc,
+//! sent at registration) and how busy it is ([`HostSampler`]: CPU, memory,
+//! disk and load, sampled for every heartbeat).
+pub mod cpu;
+pub mod live;
+
 use minkube::pb;
 use procfs::{CpuInfo, Current, FromBufRead, Meminfo};
+
+pub use live::{disk_path, HostSampler};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -53,7 +60,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    const MEMINFO: &str = "MemTotal:        8038196 kB
+    /// Shared with the tests of the live statistics.
+    pub(crate) const MEMINFO: &str = "MemTotal:        8038196 kB
 MemFree:         1234567 kB
 MemAvailable:    4567890 kB
 Buffers:          123456 kB

@@ -5,7 +5,8 @@
 //!
 //! Pieces: [`session`] (the manager link), [`reconciler`] (the actor that owns
 //! the task records), [`runtime`] (Docker), [`local_store`] and [`identity`]
-//! (the data dir), [`hoststats`] (capacity), [`config`] (flags).
+//! (the data dir), [`hoststats`] (capacity and live host statistics),
+//! [`config`] (flags).
 pub mod config;
 pub mod hoststats;
 pub mod identity;
@@ -18,6 +19,7 @@ pub mod session;
 mod e2e_tests;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,20 +98,27 @@ pub async fn run(
     let Some(docker) = connect_docker(&args, &mut stop_rx).await? else {
         return Ok(());
     };
-    serve(args, name, store, Arc::new(docker), stop_rx).await
+    // Asked once: the data root does not move while the daemon runs.
+    let disk_path = tokio::select! {
+        root = docker.root_dir() => hoststats::disk_path(root.as_deref()),
+        () = stopped(&mut stop_rx) => return Ok(()),
+    };
+    serve(args, name, store, Arc::new(docker), disk_path, stop_rx).await
 }
 
 /// Everything after the checks: registration, the reconciler and the
-/// session loop, until `stop_rx` turns true.
+/// session loop, until `stop_rx` turns true. `disk_path` is the directory
+/// whose filesystem the heartbeats' disk statistics describe.
 async fn serve(
     args: Args,
     name: String,
     store: LocalStore,
     runtime: Arc<dyn Runtime>,
+    disk_path: PathBuf,
     mut stop_rx: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
     let capacity = hoststats::capacity();
-    info!(name = %name, cpu_cores = capacity.cpu_cores, memory_mb = capacity.memory_mb, data_dir = %args.data_dir.display(), "starting agent");
+    info!(name = %name, cpu_cores = capacity.cpu_cores, memory_mb = capacity.memory_mb, data_dir = %args.data_dir.display(), disk_stats_of = %disk_path.display(), "starting agent");
     let cfg = SessionConfig {
         manager: args.manager.clone(),
         name,
@@ -152,6 +161,7 @@ async fn serve(
         inputs: input_tx,
         outbound: out_rx,
         running,
+        host: hoststats::HostSampler::new(disk_path),
     };
     let sessions =
         tokio::spawn(session::run(cfg, node_id, links, stop_rx.clone()).instrument(span));

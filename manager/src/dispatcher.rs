@@ -71,7 +71,7 @@ async fn read_loop(
             () = cancel.cancelled() => return,
             m = inbound.message() => m,
         };
-        let msg = match next {
+        let mut msg = match next {
             Ok(Some(m)) => m,
             Ok(None) => {
                 tracing::info!(node_id, "agent closed its stream");
@@ -82,7 +82,11 @@ async fn read_loop(
                 return;
             }
         };
-        cluster.heartbeat(node_id);
+        let stats = match &mut msg.msg {
+            Some(Msg::Heartbeat(h)) => h.stats.take(),
+            _ => None,
+        };
+        cluster.heartbeat(node_id, stats);
         match msg.msg {
             Some(Msg::Heartbeat(_)) | None => {}
             Some(Msg::Status(batch)) => {

@@ -63,7 +63,9 @@ pub fn pass(
         } else if silent >= t.reconnect_grace {
             tracing::warn!(node_id = %id, name = %entry.node.name, ?silent, "node lost: handling its tasks");
             entry.node.lost = true;
-            out.push(Mutation::PutNode(Box::new(entry.node.clone())));
+            let mut stored = entry.node.clone();
+            stored.stats = None; // live data, never persisted
+            out.push(Mutation::PutNode(Box::new(stored)));
             result.reschedule |= handle_lost_node(st, &id, retry, out);
             None
         } else {

@@ -39,6 +39,23 @@ fn check_register(req: &pb::RegisterRequest) -> Result<(), ManagerError> {
     Ok(())
 }
 
+/// Host statistics as clients may rely on them: a percentage within 0-100,
+/// finite numbers, available amounts not above the totals. An agent is
+/// trusted to measure, not to be free of bugs.
+fn sanitized(mut s: pb::HostStats) -> pb::HostStats {
+    let finite = |x: f64| if x.is_finite() { x.max(0.0) } else { 0.0 };
+    s.cpu_percent = finite(s.cpu_percent).min(100.0);
+    s.load1 = finite(s.load1);
+    s.load5 = finite(s.load5);
+    s.load15 = finite(s.load15);
+    s.memory_available_mb = s.memory_available_mb.min(s.memory_total_mb);
+    s.disk_available_mb = s.disk_available_mb.min(s.disk_total_mb);
+    if s.disk_path.len() > MAX_FIELD_LEN {
+        s.disk_path.clear();
+    }
+    s
+}
+
 impl Cluster {
     /// Registers a node, or refreshes a known one. An agent that lost its
     /// data dir gets its old id back by name, unless that node is connected.
@@ -86,7 +103,10 @@ impl Cluster {
                 n.capacity = req.capacity;
                 n.agent_version = req.agent_version.clone();
                 n.last_heartbeat = Some(ts);
-                out.push(Mutation::PutNode(Box::new(n.clone())));
+                // Host statistics are live data: memory only, never stored.
+                let mut stored = n.clone();
+                stored.stats = None;
+                out.push(Mutation::PutNode(Box::new(stored)));
                 Ok(id)
             })
             .await?;
@@ -140,13 +160,19 @@ impl Cluster {
     }
 
     /// Records a sign of life; a DOWN node that speaks again is READY.
-    pub(crate) fn heartbeat(&self, node_id: &str) {
+    /// `stats` (from a Heartbeat) replace the node's host statistics. They
+    /// are live data that change every few seconds and mean nothing after a
+    /// restart, so they stay in memory: no store write per heartbeat.
+    pub(crate) fn heartbeat(&self, node_id: &str, stats: Option<pb::HostStats>) {
         let mut st = self.lock();
         let Some(e) = st.nodes.get_mut(node_id) else {
             return;
         };
         e.last_seen = tokio::time::Instant::now();
         e.node.last_heartbeat = Some(now());
+        if let Some(s) = stats {
+            e.node.stats = Some(sanitized(s));
+        }
         if e.node.state() == NodeState::Down && e.session.is_some() {
             tracing::info!(node_id, "node is heard from again: ready");
             e.node.set_state(NodeState::Ready);
@@ -189,5 +215,95 @@ impl Cluster {
         st.find_node(id_or_name)
             .map(|n| st.node_view(n))
             .ok_or_else(|| ManagerError::NodeNotFound(id_or_name.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cluster::ClusterConfig;
+    use crate::store::RedbStore;
+
+    async fn cluster(dir: &std::path::Path) -> Arc<Cluster> {
+        let store = Arc::new(RedbStore::open(dir).unwrap());
+        Cluster::start(store, ClusterConfig::default()).unwrap()
+    }
+
+    fn stats(cpu: f64) -> pb::HostStats {
+        pb::HostStats {
+            cpu_percent: cpu,
+            memory_total_mb: 4096,
+            memory_available_mb: 1024,
+            disk_total_mb: 100_000,
+            disk_available_mb: 40_000,
+            disk_path: "/var/lib/docker".into(),
+            load1: 0.5,
+            load5: 0.25,
+            load15: 0.125,
+            sampled_at: Some(now()),
+        }
+    }
+
+    #[test]
+    fn stats_are_clamped_to_what_clients_rely_on() {
+        let mut s = stats(f64::NAN);
+        s.load1 = f64::INFINITY;
+        s.load5 = -1.0;
+        s.memory_available_mb = 9999;
+        s.disk_available_mb = 200_000;
+        let s = sanitized(s);
+        assert_eq!(s.cpu_percent, 0.0);
+        assert_eq!((s.load1, s.load5, s.load15), (0.0, 0.0, 0.125));
+        assert_eq!(s.memory_available_mb, 4096);
+        assert_eq!(s.disk_available_mb, 100_000);
+        assert_eq!(sanitized(stats(250.0)).cpu_percent, 100.0);
+        let fine = stats(42.5);
+        assert_eq!(sanitized(fine.clone()), fine);
+    }
+
+    #[tokio::test]
+    async fn heartbeat_stats_live_in_memory_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cluster(dir.path()).await;
+        let id = c
+            .register(pb::RegisterRequest {
+                name: "node-a".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(c.get_node("node-a").unwrap().stats.is_none());
+
+        c.heartbeat(&id, Some(stats(12.5)));
+        let n = c.get_node("node-a").unwrap();
+        assert_eq!(n.stats.as_ref().unwrap().cpu_percent, 12.5);
+        // A message without stats keeps the last sample.
+        c.heartbeat(&id, None);
+        assert_eq!(c.get_node(&id).unwrap().stats, n.stats);
+        c.heartbeat(&id, Some(stats(50.0)));
+        let listed = c.list_nodes(0, "");
+        assert_eq!(listed.nodes[0].stats.as_ref().unwrap().cpu_percent, 50.0);
+
+        // Re-registering writes the node to the store, without its stats.
+        c.register(pb::RegisterRequest {
+            node_id: id.clone(),
+            name: "node-a".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert!(c.get_node(&id).unwrap().stats.is_some());
+        c.shutdown(Duration::from_secs(1)).await;
+        drop(c);
+
+        let c = cluster(dir.path()).await;
+        let n = c.get_node(&id).unwrap();
+        assert_eq!(n.name, "node-a");
+        assert!(n.stats.is_none(), "{n:?}");
+        c.shutdown(Duration::from_secs(1)).await;
     }
 }

@@ -7,7 +7,7 @@ use minkube::pb::{Node, Task, TaskEvent};
 use super::names::{
     cores, key_values, port_binding, port_spec, pull_policy_name, restart_policy_name,
 };
-use super::table;
+use super::table::{self, load_average};
 use super::timefmt::rfc3339;
 
 /// Lines of `Key: value` with values aligned after the longest key.
@@ -154,6 +154,31 @@ pub fn node(n: &Node) -> String {
         format!("{} MB, {} cores", alloc.memory_mb, cores(alloc.cpu_cores)),
     );
     b.add("Active tasks", n.active_tasks.to_string());
+    match &n.stats {
+        Some(s) => {
+            b.add("CPU usage", format!("{:.1}%", s.cpu_percent));
+            b.add(
+                "Mem available",
+                format!("{} MB of {} MB", s.memory_available_mb, s.memory_total_mb),
+            );
+            b.add(
+                "Disk available",
+                format!(
+                    "{} MB of {} MB ({})",
+                    s.disk_available_mb,
+                    s.disk_total_mb,
+                    if s.disk_path.is_empty() {
+                        "-"
+                    } else {
+                        &s.disk_path
+                    }
+                ),
+            );
+            b.add("Load average", load_average(s));
+            b.add("Stats sampled", time(s.sampled_at.as_ref()));
+        }
+        None => b.add("Host stats", "none reported yet"),
+    }
     b.add("Agent version", n.agent_version.clone());
     b.add("Registered", time(n.registered_at.as_ref()));
     b.add("Last heartbeat", time(n.last_heartbeat.as_ref()));
@@ -164,8 +189,8 @@ pub fn node(n: &Node) -> String {
 mod tests {
     use super::*;
     use minkube::pb::{
-        DesiredState, NodeState, PortBinding, PortSpec, Protocol, Resources, TaskSpec, TaskState,
-        TaskStatus,
+        DesiredState, HostStats, NodeState, PortBinding, PortSpec, Protocol, Resources, TaskSpec,
+        TaskState, TaskStatus,
     };
 
     #[test]
@@ -251,5 +276,41 @@ mod tests {
         assert!(out.contains("State:          down\n"), "{out}");
         assert!(out.contains("CPU:            2 cores\n"), "{out}");
         assert!(out.contains("Allocated:      0 MB, 0 cores\n"), "{out}");
+        assert!(out.contains("Host stats:     none reported yet\n"), "{out}");
+        assert!(!out.contains("CPU usage"), "{out}");
+    }
+
+    #[test]
+    fn node_block_with_stats() {
+        let n = Node {
+            name: "node-a".into(),
+            stats: Some(HostStats {
+                cpu_percent: 7.25,
+                memory_total_mb: 3900,
+                memory_available_mb: 2100,
+                disk_total_mb: 100_000,
+                disk_available_mb: 40_000,
+                disk_path: "/var/lib/docker".into(),
+                load1: 0.5,
+                load5: 0.25,
+                load15: 1.0,
+                sampled_at: Some(Timestamp {
+                    seconds: 1_700_000_000,
+                    nanos: 0,
+                }),
+            }),
+            ..Default::default()
+        };
+        let out = node(&n);
+        let has = |line: &str| out.lines().any(|l| l == line);
+        assert!(has("CPU usage:      7.2%"), "{out}");
+        assert!(has("Mem available:  2100 MB of 3900 MB"), "{out}");
+        assert!(
+            has("Disk available: 40000 MB of 100000 MB (/var/lib/docker)"),
+            "{out}"
+        );
+        assert!(has("Load average:   0.50 0.25 1.00"), "{out}");
+        assert!(has("Stats sampled:  2023-11-14T22:13:20Z"), "{out}");
+        assert!(!out.contains("Host stats"), "{out}");
     }
 }

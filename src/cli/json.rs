@@ -9,8 +9,8 @@ use serde_json::{json, Map, Value};
 
 use minkube::convert::{desired_state_name, node_state_name, task_state_name};
 use minkube::pb::{
-    ListNodesResponse, ListTasksResponse, Node, PortBinding, PortSpec, Resources, Task, TaskEvent,
-    TaskSpec, TaskStatus,
+    HostStats, ListNodesResponse, ListTasksResponse, Node, PortBinding, PortSpec, Resources, Task,
+    TaskEvent, TaskSpec, TaskStatus,
 };
 
 use super::names::{protocol_name, pull_policy_name, restart_policy_name, sorted};
@@ -117,6 +117,23 @@ pub fn node(n: &Node) -> Value {
     m.insert("active_tasks".into(), json!(n.active_tasks));
     m.insert("agent_version".into(), json!(n.agent_version));
     m.insert("lost".into(), json!(n.lost));
+    put(&mut m, "stats", n.stats.as_ref().map(host_stats));
+    Value::Object(m)
+}
+
+/// Host statistics of a node's latest heartbeat.
+pub fn host_stats(s: &HostStats) -> Value {
+    let mut m = Map::new();
+    m.insert("cpu_percent".into(), json!(s.cpu_percent));
+    m.insert("memory_total_mb".into(), json!(s.memory_total_mb));
+    m.insert("memory_available_mb".into(), json!(s.memory_available_mb));
+    m.insert("disk_total_mb".into(), json!(s.disk_total_mb));
+    m.insert("disk_available_mb".into(), json!(s.disk_available_mb));
+    m.insert("disk_path".into(), json!(s.disk_path));
+    m.insert("load1".into(), json!(s.load1));
+    m.insert("load5".into(), json!(s.load5));
+    m.insert("load15".into(), json!(s.load15));
+    put(&mut m, "sampled_at", time(s.sampled_at.as_ref()));
     Value::Object(m)
 }
 
@@ -303,5 +320,43 @@ mod tests {
         assert_eq!(l["nodes"][0]["state"], "ready");
         assert_eq!(l["nodes"][0]["capacity"]["memory_mb"], 4096);
         assert!(l["nodes"][0].get("allocated").is_none());
+        assert!(l["nodes"][0].get("stats").is_none());
+    }
+
+    #[test]
+    fn node_stats_use_proto_names() {
+        let n = Node {
+            name: "node-a".into(),
+            stats: Some(HostStats {
+                cpu_percent: 12.5,
+                memory_total_mb: 3900,
+                memory_available_mb: 2100,
+                disk_total_mb: 100_000,
+                disk_available_mb: 40_000,
+                disk_path: "/var/lib/docker".into(),
+                load1: 0.5,
+                load5: 0.25,
+                load15: 1.0,
+                sampled_at: Some(Timestamp {
+                    seconds: 1_700_000_000,
+                    nanos: 0,
+                }),
+            }),
+            ..Default::default()
+        };
+        let s = &node(&n)["stats"];
+        assert_eq!(s["cpu_percent"], 12.5);
+        assert_eq!(s["memory_total_mb"], 3900);
+        assert_eq!(s["memory_available_mb"], 2100);
+        assert_eq!(s["disk_total_mb"], 100_000);
+        assert_eq!(s["disk_available_mb"], 40_000);
+        assert_eq!(s["disk_path"], "/var/lib/docker");
+        assert_eq!(s["load1"], 0.5);
+        assert_eq!(s["load5"], 0.25);
+        assert_eq!(s["load15"], 1.0);
+        assert_eq!(s["sampled_at"], "2023-11-14T22:13:20Z");
+        let mut bare = n.stats.clone().unwrap();
+        bare.sampled_at = None;
+        assert!(host_stats(&bare).get("sampled_at").is_none());
     }
 }

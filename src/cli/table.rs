@@ -2,7 +2,7 @@
 use prost_types::Timestamp;
 
 use minkube::convert::{node_state_name, task_state_name};
-use minkube::pb::{Node, Task, TaskEvent};
+use minkube::pb::{HostStats, Node, Task, TaskEvent};
 
 use super::names::{cores, port_binding, port_spec};
 use super::timefmt::{age, age_of, elapsed, rfc3339_seconds};
@@ -122,7 +122,37 @@ pub fn ps_footer(shown: usize, total: u64, has_next: bool) -> Option<String> {
     has_next.then(|| format!("showing {shown} of {total} (more: --all)"))
 }
 
-/// The `nodes` table.
+/// A size given in MiB, short: "512MB" below 1 GiB, else "39.1GB".
+pub fn size_mb(mb: u64) -> String {
+    if mb < 1024 {
+        format!("{mb}MB")
+    } else {
+        // Display only: rounding to one decimal is the point.
+        format!("{:.1}GB", mb as f64 / 1024.0)
+    }
+}
+
+/// The three load averages as `uptime` shows them: "0.52 0.40 0.31".
+pub fn load_average(s: &HostStats) -> String {
+    format!("{:.2} {:.2} {:.2}", s.load1, s.load5, s.load15)
+}
+
+/// The CPU%, MEM-AVAIL, DISK-AVAIL and LOAD cells; "-" each while the node
+/// has not reported statistics.
+fn stats_cells(stats: Option<&HostStats>) -> [String; 4] {
+    match stats {
+        None => std::array::from_fn(|_| "-".to_string()),
+        Some(s) => [
+            format!("{:.1}%", s.cpu_percent),
+            format!("{}MB", s.memory_available_mb),
+            size_mb(s.disk_available_mb),
+            load_average(s),
+        ],
+    }
+}
+
+/// The `nodes` table: capacity and reservations, then the host statistics
+/// of the latest heartbeat (CPU use, memory and disk available, load).
 pub fn nodes(nodes: &[Node], now: &Timestamp) -> String {
     let mut t = Table::new(&[
         "NAME",
@@ -132,11 +162,16 @@ pub fn nodes(nodes: &[Node], now: &Timestamp) -> String {
         "MEMORY",
         "ALLOCATED",
         "TASKS",
+        "CPU%",
+        "MEM-AVAIL",
+        "DISK-AVAIL",
+        "LOAD",
         "LAST-HEARTBEAT",
     ]);
     for n in nodes {
         let cap = n.capacity.unwrap_or_default();
         let alloc = n.allocated.unwrap_or_default();
+        let [cpu_use, mem_avail, disk_avail, load] = stats_cells(n.stats.as_ref());
         t.row(vec![
             n.name.clone(),
             n.id.clone(),
@@ -149,6 +184,10 @@ pub fn nodes(nodes: &[Node], now: &Timestamp) -> String {
             format!("{}MB", cap.memory_mb),
             format!("{}MB/{}cpu", alloc.memory_mb, cores(alloc.cpu_cores)),
             n.active_tasks.to_string(),
+            cpu_use,
+            mem_avail,
+            disk_avail,
+            load,
             n.last_heartbeat.as_ref().map_or_else(
                 || "-".to_string(),
                 |h| format!("{} ago", age(elapsed(h, now))),
@@ -178,7 +217,8 @@ pub fn events(events: &[TaskEvent]) -> String {
 mod tests {
     use super::*;
     use minkube::pb::{
-        NodeState, PortBinding, PortSpec, Protocol, Resources, TaskSpec, TaskState, TaskStatus,
+        HostStats, NodeState, PortBinding, PortSpec, Protocol, Resources, TaskSpec, TaskState,
+        TaskStatus,
     };
 
     fn ts(seconds: i64) -> Timestamp {
@@ -278,11 +318,45 @@ mod tests {
             active_tasks: 2,
             ..Default::default()
         };
-        let out = nodes(&[n], &ts(100));
+        let fresh = Node {
+            name: "node-b".into(),
+            id: "n2".into(),
+            stats: None,
+            ..n.clone()
+        };
+        let n = Node {
+            stats: Some(HostStats {
+                cpu_percent: 12.345,
+                memory_total_mb: 3900,
+                memory_available_mb: 2100,
+                disk_total_mb: 100_000,
+                disk_available_mb: 40_000,
+                load1: 0.5,
+                load5: 1.25,
+                load15: 0.125,
+                ..Default::default()
+            }),
+            ..n
+        };
+        let out = nodes(&[n, fresh], &ts(100));
+        let lines: Vec<&str> = out.lines().collect();
         assert_eq!(
-            out.lines().nth(1),
-            Some("node-a   n1   ready   2     3900MB   128MB/0.5cpu   2       5s ago")
+            lines,
+            vec![
+                "NAME     ID   STATE   CPU   MEMORY   ALLOCATED      TASKS   CPU%    MEM-AVAIL   DISK-AVAIL   LOAD             LAST-HEARTBEAT",
+                "node-a   n1   ready   2     3900MB   128MB/0.5cpu   2       12.3%   2100MB      39.1GB       0.50 1.25 0.12   5s ago",
+                "node-b   n2   ready   2     3900MB   128MB/0.5cpu   2       -       -           -            -                5s ago",
+            ]
         );
+    }
+
+    #[test]
+    fn sizes_are_short() {
+        assert_eq!(size_mb(0), "0MB");
+        assert_eq!(size_mb(1023), "1023MB");
+        assert_eq!(size_mb(1024), "1.0GB");
+        assert_eq!(size_mb(40_000), "39.1GB");
+        assert_eq!(size_mb(3 * 1024 * 1024), "3072.0GB");
     }
 
     #[test]

@@ -50,6 +50,19 @@ impl DockerRuntime {
         Ok(Self { docker })
     }
 
+    /// Docker's data root (`DockerRootDir` of `docker info`), where images
+    /// and containers take their disk space. `None` if Docker does not say;
+    /// host statistics then measure "/" instead.
+    pub async fn root_dir(&self) -> Option<String> {
+        match self.docker.info().await {
+            Ok(info) => info.docker_root_dir.filter(|d| !d.is_empty()),
+            Err(e) => {
+                warn!(error = %e, "cannot ask Docker for its data root");
+                None
+            }
+        }
+    }
+
     async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         let exposed: Vec<String> = spec.ports.iter().map(PortKey::docker_key).collect();
         // An empty host port asks Docker to pick a free one.

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use crate::hoststats::HostSampler;
 use crate::identity;
 use crate::local_store::StoreError;
 use crate::reconciler::{Input, Outbound};
@@ -57,6 +58,9 @@ pub struct Links {
     pub outbound: mpsc::Receiver<Outbound>,
     /// Tasks running, for heartbeats.
     pub running: Arc<AtomicU32>,
+    /// Host statistics, for heartbeats. Kept across sessions so CPU
+    /// utilisation always spans the time since the previous heartbeat.
+    pub host: HostSampler,
 }
 
 /// Why a session ended.

@@ -181,6 +181,7 @@ pub(super) async fn run_one(
                 let beat = msg(agent_message::Msg::Heartbeat(pb::Heartbeat {
                     timestamp: Some(minkube::convert::now()),
                     running_tasks: links.running.load(Ordering::Relaxed),
+                    stats: Some(links.host.sample()),
                 }));
                 if tx.send(beat).await.is_err() {
                     warn!("heartbeat could not be sent");
