@@ -24,7 +24,9 @@ async fn python_generated_client_and_reflection_client() {
         .arg(cluster.addr())
         .arg(cluster.run_id())
         .output()
-        .expect("python3 must be installed (.ci/run installs grpcio, grpcio-tools, grpcio-reflection)");
+        .expect(
+            "python3 must be installed (.ci/run installs grpcio, grpcio-tools, grpcio-reflection)",
+        );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

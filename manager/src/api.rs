@@ -12,8 +12,9 @@ use crate::cluster::Cluster;
 use crate::dispatcher::{self, DownStream};
 use crate::error::ManagerError;
 use crate::tasks::TaskFilter;
+use crate::watch::{WatchFilter, WatchStream};
 
-/// Most state filters in one ListTasks request.
+/// Most state filters in one ListTasks or WatchTasks request.
 const MAX_STATE_FILTERS: usize = 8;
 
 /// The user-facing service.
@@ -29,32 +30,61 @@ impl ControlApi {
     }
 
     fn filter(&self, req: &pb::ListTasksRequest) -> Result<TaskFilter, ManagerError> {
-        if req.states.len() > MAX_STATE_FILTERS {
-            return Err(ManagerError::BadRequest(format!(
-                "states: at most {MAX_STATE_FILTERS} filters"
-            )));
+        Ok(TaskFilter {
+            states: parse_states(&req.states)?,
+            node_id: self.node_filter(&req.node)?,
+        })
+    }
+
+    fn node_filter(&self, node: &str) -> Result<Option<String>, ManagerError> {
+        if node.is_empty() {
+            Ok(None)
+        } else {
+            self.cluster.resolve_node_id(node).map(Some)
         }
-        let mut states = Vec::with_capacity(req.states.len());
-        for s in &req.states {
-            match TaskState::try_from(*s) {
-                Ok(TaskState::Unspecified) => {}
-                Ok(st) => states.push(st),
-                Err(_) => {
-                    return Err(ManagerError::BadRequest(format!(
-                        "states: {s} is not a task state (use {}..{})",
-                        task_state_name(TaskState::Pending),
-                        task_state_name(TaskState::Failed)
-                    )))
-                }
+    }
+
+    fn watch_filter(&self, req: &pb::WatchTasksRequest) -> Result<WatchFilter, ManagerError> {
+        let task_id = if req.task_id.is_empty() {
+            None
+        } else if uuid::Uuid::parse_str(&req.task_id).is_err() {
+            return Err(ManagerError::BadRequest(format!(
+                "task_id: {:?} is not a task id (ids are UUIDs, see `minkube ps`)",
+                req.task_id
+            )));
+        } else {
+            Some(req.task_id.clone())
+        };
+        Ok(WatchFilter {
+            task_id,
+            node_id: self.node_filter(&req.node)?,
+            states: parse_states(&req.states)?,
+        })
+    }
+}
+
+/// Validates a states filter; UNSPECIFIED entries are ignored.
+fn parse_states(raw: &[i32]) -> Result<Vec<TaskState>, ManagerError> {
+    if raw.len() > MAX_STATE_FILTERS {
+        return Err(ManagerError::BadRequest(format!(
+            "states: at most {MAX_STATE_FILTERS} filters"
+        )));
+    }
+    let mut states = Vec::with_capacity(raw.len());
+    for s in raw {
+        match TaskState::try_from(*s) {
+            Ok(TaskState::Unspecified) => {}
+            Ok(st) => states.push(st),
+            Err(_) => {
+                return Err(ManagerError::BadRequest(format!(
+                    "states: {s} is not a task state (use {}..{})",
+                    task_state_name(TaskState::Pending),
+                    task_state_name(TaskState::Failed)
+                )))
             }
         }
-        let node_id = if req.node.is_empty() {
-            None
-        } else {
-            Some(self.cluster.resolve_node_id(&req.node)?)
-        };
-        Ok(TaskFilter { states, node_id })
     }
+    Ok(states)
 }
 
 #[tonic::async_trait]
@@ -115,6 +145,16 @@ impl ControlService for ControlApi {
     ) -> Result<Response<pb::GetNodeResponse>, Status> {
         let node = self.cluster.get_node(&req.into_inner().node)?;
         Ok(Response::new(pb::GetNodeResponse { node: Some(node) }))
+    }
+
+    type WatchTasksStream = WatchStream;
+
+    async fn watch_tasks(
+        &self,
+        req: Request<pb::WatchTasksRequest>,
+    ) -> Result<Response<Self::WatchTasksStream>, Status> {
+        let filter = self.watch_filter(&req.into_inner())?;
+        Ok(Response::new(self.cluster.watch_tasks(filter)))
     }
 }
 

@@ -53,7 +53,12 @@ pub enum Command {
     Get {
         /// Task id.
         id: String,
+        /// Then print one line per change until the task finishes.
+        #[arg(long, short = 'w')]
+        watch: bool,
     },
+    /// Print task changes as they happen, one line each (Ctrl-C to stop).
+    Events(EventsArgs),
     /// Stop a task: its container is stopped and removed.
     Stop {
         /// Task id.
@@ -174,6 +179,23 @@ pub struct PsArgs {
     /// Fetch every page instead of the first one.
     #[arg(long)]
     pub all: bool,
+}
+
+/// Arguments of `minkube events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only this task.
+    #[arg(long, value_name = "ID")]
+    pub task: Option<String>,
+    /// Only tasks placed on this node (name or id).
+    #[arg(long, value_name = "N")]
+    pub node: Option<String>,
+    /// Only tasks in this state after the change, repeatable.
+    #[arg(long = "state", short = 's', value_name = "S", value_parser = parse_state)]
+    pub states: Vec<TaskState>,
+    /// First print the current state of every matching task.
+    #[arg(long)]
+    pub snapshot: bool,
 }
 
 /// Parses `KEY=VALUE` for `--env`: the key must be non-empty; the value may
@@ -352,6 +374,39 @@ mod tests {
         assert_eq!(cli.manager, "h:1");
         assert_eq!(cli.output, Output::Json);
         assert!(matches!(cli.command, Command::Node(NodeCommand::Get { node }) if node == "n1"));
+    }
+
+    #[test]
+    fn events_and_get_watch_command_lines() {
+        let cli = parse(&[
+            "events",
+            "--task",
+            "t1",
+            "--node",
+            "a",
+            "-s",
+            "running",
+            "--state",
+            "failed",
+            "--snapshot",
+        ])
+        .unwrap();
+        let Command::Events(e) = cli.command else {
+            panic!("expected events")
+        };
+        assert_eq!(e.task.as_deref(), Some("t1"));
+        assert_eq!(e.node.as_deref(), Some("a"));
+        assert_eq!(e.states, vec![TaskState::Running, TaskState::Failed]);
+        assert!(e.snapshot);
+        let Command::Events(e) = parse(&["events"]).unwrap().command else {
+            panic!("expected events")
+        };
+        assert!(!e.snapshot && e.states.is_empty() && e.task.is_none());
+        assert!(parse(&["events", "--state", "bogus"]).is_err());
+        let cli = parse(&["get", "t1", "--watch"]).unwrap();
+        assert!(matches!(cli.command, Command::Get { id, watch: true } if id == "t1"));
+        let cli = parse(&["get", "t1"]).unwrap();
+        assert!(matches!(cli.command, Command::Get { watch: false, .. }));
     }
 
     #[test]

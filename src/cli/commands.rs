@@ -35,8 +35,21 @@ impl Session {
         })
     }
 
+    /// A client of the manager (clones share the connection).
+    pub fn client(&self) -> ControlClient {
+        self.client.clone()
+    }
+
+    /// The status error of a call to this manager.
+    pub fn status_error(&self, status: tonic::Status) -> CliError {
+        CliError::Status {
+            manager: self.manager.clone(),
+            status,
+        }
+    }
+
     /// Runs one call with the CLI's deadline and maps its errors.
-    async fn call<T, F>(&self, fut: F) -> Result<T, CliError>
+    pub async fn call<T, F>(&self, fut: F) -> Result<T, CliError>
     where
         F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
@@ -45,10 +58,7 @@ impl Session {
                 manager: self.manager.clone(),
                 after: CALL_TIMEOUT,
             }),
-            Ok(Err(status)) => Err(CliError::Status {
-                manager: self.manager.clone(),
-                status,
-            }),
+            Ok(Err(status)) => Err(self.status_error(status)),
             Ok(Ok(resp)) => Ok(resp.into_inner()),
         }
     }

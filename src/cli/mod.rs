@@ -8,6 +8,7 @@ pub mod json;
 pub mod names;
 pub mod table;
 pub mod timefmt;
+pub mod watch;
 
 use std::io::Write;
 
@@ -22,7 +23,15 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let text = match &cli.command {
         Command::Run(a) => commands::run(&session, a, out).await?,
         Command::Ps(a) => commands::ps(&session, a, out).await?,
-        Command::Get { id } => commands::get(&session, id, out).await?,
+        Command::Get { id, watch: true } => {
+            watch::get(&session, id, out).await?;
+            String::new()
+        }
+        Command::Get { id, watch: false } => commands::get(&session, id, out).await?,
+        Command::Events(a) => {
+            watch::events(&session, a, out).await?;
+            String::new()
+        }
         Command::Stop { id } => commands::stop(&session, id, out).await?,
         Command::Nodes => commands::nodes(&session, out).await?,
         Command::Node(NodeCommand::Get { node }) => commands::node_get(&session, node, out).await?,
