@@ -157,7 +157,7 @@ note "built $image (label $image_label)"
 # ------------------------------------------------------------------ cluster
 section "manager"
 mkdir -p "$work"
-"$bin_dir/minkube-manager" --port 0 --data-dir "$work/manager" \
+"$bin_dir/minkube-manager" --port 0 --admin-port 0 --data-dir "$work/manager" \
     >"$work/manager.out" 2>"$work/manager.log" &
 manager_pid=$!
 deadline=$((SECONDS + start_timeout))

@@ -31,6 +31,8 @@ pub(crate) struct Processes {
 pub struct Cluster {
     pub(crate) run_id: String,
     port: u16,
+    /// The manager's HTTP admin address, as it printed it.
+    admin_addr: Option<String>,
     manager_flags: Vec<String>,
     /// Options of every agent ever added, reused when it is restarted.
     pub(crate) agent_options: HashMap<String, AgentOptions>,
@@ -66,6 +68,7 @@ impl Cluster {
         let mut cluster = Self {
             run_id,
             port: 0,
+            admin_addr: None,
             manager_flags,
             agent_options: HashMap::new(),
             processes: Mutex::default(),
@@ -114,7 +117,9 @@ impl Cluster {
             ManagedProcess::spawn("manager", &binary(MANAGER), &args, &[], &log, true);
         let stdout = stdout.expect("manager stdout is piped");
         let lines = forward_lines(stdout, self.dir.path().join("manager.stdout.log"));
-        let addr = tokio::task::block_in_place(|| wait_listening(&lines, &mut process));
+        let addrs = tokio::task::block_in_place(|| wait_listening(&lines, &mut process));
+        self.admin_addr = addrs.admin.clone();
+        let addr = addrs.grpc;
         let reported: u16 = addr
             .rsplit(':')
             .next()
@@ -127,6 +132,13 @@ impl Cluster {
         self.port = reported;
         self.processes.get_mut().unwrap().manager = Some(process);
         *self.client.lock().unwrap() = None;
+    }
+
+    /// The manager's HTTP admin address (`/metrics`, `/healthz`, `/readyz`).
+    pub fn admin_addr(&self) -> String {
+        self.admin_addr
+            .clone()
+            .expect("the manager printed no `minkube-manager admin on ADDR` line")
     }
 
     /// SIGKILLs the manager (only its own pid).

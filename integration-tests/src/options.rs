@@ -108,6 +108,10 @@ pub(crate) fn manager_args(port: u16, data_dir: &Path, extra: &[String]) -> Vec<
         "--data-dir".to_string(),
         data_dir.display().to_string(),
     ];
+    // Tests run in parallel: the admin endpoint takes any free port too.
+    if !extra.iter().any(|a| a == "--admin-port") {
+        args.extend(["--admin-port".to_string(), "0".to_string()]);
+    }
     args.extend(extra.iter().cloned());
     args
 }

@@ -11,6 +11,8 @@ use crate::process::{open_append, tail, ManagedProcess, LOG_TAIL};
 const MANAGER_START: Duration = Duration::from_secs(30);
 /// The line the manager prints once it serves, followed by its address.
 const LISTENING: &str = "minkube-manager listening on ";
+/// The line with the address of its HTTP admin endpoint (printed first).
+const ADMIN: &str = "minkube-manager admin on ";
 
 /// Forwards each stdout line to a log file and a channel.
 pub fn forward_lines(stdout: ChildStdout, log: PathBuf) -> mpsc::Receiver<String> {
@@ -27,15 +29,35 @@ pub fn forward_lines(stdout: ChildStdout, log: PathBuf) -> mpsc::Receiver<String
     rx
 }
 
-/// Waits for the manager's `listening on ADDR` line and returns ADDR.
-pub fn wait_listening(lines: &mpsc::Receiver<String>, process: &mut ManagedProcess) -> String {
+/// Addresses a manager printed on start.
+#[derive(Debug, Clone, Default)]
+pub struct ManagerAddrs {
+    /// gRPC address.
+    pub grpc: String,
+    /// HTTP admin address (/metrics, /healthz, /readyz), if printed.
+    pub admin: Option<String>,
+}
+
+/// Waits for the manager's `listening on ADDR` line and returns the
+/// addresses it printed.
+pub fn wait_listening(
+    lines: &mpsc::Receiver<String>,
+    process: &mut ManagedProcess,
+) -> ManagerAddrs {
     let deadline = Instant::now() + MANAGER_START;
+    let mut admin = None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match lines.recv_timeout(left) {
             Ok(line) => {
+                if let Some(addr) = line.trim().strip_prefix(ADMIN) {
+                    admin = Some(addr.trim().to_string());
+                }
                 if let Some(addr) = line.trim().strip_prefix(LISTENING) {
-                    return addr.trim().to_string();
+                    return ManagerAddrs {
+                        grpc: addr.trim().to_string(),
+                        admin,
+                    };
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => panic!(

@@ -14,6 +14,7 @@ use crate::policy::RetryTimings;
 use crate::scheduler;
 use crate::state::State;
 use crate::store::{committer, Committer, Mutation, Store};
+use crate::watch::{WatchHub, HUB_CAPACITY};
 use minkube_common::retry::Backoff;
 
 /// How long a message waits for room in an agent's stream before the agent
@@ -69,6 +70,8 @@ pub struct Cluster {
     state: Mutex<State>,
     committer: Committer,
     schedule: Notify,
+    /// Durable task changes for `WatchTasks`.
+    pub(crate) watch: WatchHub,
     /// Cancelled on shutdown; every background task watches it.
     pub(crate) shutdown: CancellationToken,
     /// Every task the cluster spawns, so shutdown can wait for them.
@@ -92,6 +95,7 @@ impl Cluster {
             state: Mutex::new(state),
             committer,
             schedule: Notify::new(),
+            watch: WatchHub::new(HUB_CAPACITY),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
@@ -117,14 +121,18 @@ impl Cluster {
         f: impl FnOnce(&mut State, &mut Vec<Mutation>) -> Result<T, ManagerError>,
     ) -> Result<T, ManagerError> {
         let permit = self.committer.reserve().await?;
-        let (value, done) = {
+        let (value, done, watched) = {
             let mut st = self.lock();
             let mut out = Vec::new();
             let value = f(&mut st, &mut out)?;
-            // Submitted under the lock: store order = state-change order.
-            (value, self.committer.submit(permit, out))
+            // Both under the lock: store order and watch order = state-change order.
+            let watched = self.watch.prepare(&out);
+            (value, self.committer.submit(permit, out), watched)
         };
-        committer::durable(done).await?;
+        match watched {
+            Some(ticket) => ticket.publish_when_durable(done, &self.tasks).await?,
+            None => committer::durable(done).await?,
+        }
         Ok(value)
     }
 
@@ -187,15 +195,64 @@ impl Cluster {
             }
         };
         let (session_id, tx) = session;
+        let kind = match &msg {
+            pb::manager_message::Msg::Welcome(_) => "welcome",
+            pb::manager_message::Msg::Assignment(_) => "assignment",
+            pb::manager_message::Msg::Stop(_) => "stop",
+            pb::manager_message::Msg::DesiredSet(_) => "desired_set",
+        };
         let message = pb::ManagerMessage { msg: Some(msg) };
         match tx.send_timeout(Ok(message), SEND_TIMEOUT).await {
-            Ok(()) => true,
+            Ok(()) => {
+                metrics::counter!("minkube_manager_stream_messages_total", "direction" => "out", "kind" => kind)
+                    .increment(1);
+                true
+            }
             Err(e) => {
                 tracing::warn!(node_id, error = %e, "agent stream full or closed; dropping the session");
                 self.detach_session(node_id, session_id);
                 false
             }
         }
+    }
+
+    /// Sets the gauges that describe live state (run before each scrape):
+    /// tasks by state, nodes by state, connected agents.
+    pub fn collect_gauges(&self) {
+        use minkube::convert::{node_state_name, task_state_name};
+        use minkube::pb::{NodeState, TaskState};
+        let (tasks, nodes, connected) = {
+            let st = self.lock();
+            let mut tasks = [0u64; 6];
+            for e in st.tasks.values() {
+                if let Some(n) = tasks.get_mut(e.state() as usize) {
+                    *n += 1;
+                }
+            }
+            let mut nodes = [0u64; 4];
+            for n in st.nodes.values() {
+                if let Some(c) = nodes.get_mut(n.node.state() as usize) {
+                    *c += 1;
+                }
+            }
+            let connected = st.nodes.values().filter(|n| n.session.is_some()).count();
+            (tasks, nodes, connected)
+        };
+        for s in [
+            TaskState::Pending,
+            TaskState::Scheduled,
+            TaskState::Running,
+            TaskState::Completed,
+            TaskState::Failed,
+        ] {
+            metrics::gauge!("minkube_manager_tasks", "state" => task_state_name(s))
+                .set(tasks[s as usize] as f64);
+        }
+        for s in [NodeState::Ready, NodeState::Disconnected, NodeState::Down] {
+            metrics::gauge!("minkube_manager_nodes", "state" => node_state_name(s))
+                .set(nodes[s as usize] as f64);
+        }
+        metrics::gauge!("minkube_manager_connected_agents").set(connected as f64);
     }
 
     /// Stops background work and flushes the store. Streams end because

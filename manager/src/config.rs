@@ -24,6 +24,12 @@ pub struct Args {
     /// Port to listen on (0 picks a free port; the chosen one is printed).
     #[arg(long, env = "MINKUBE_PORT", default_value_t = 7070)]
     pub port: u16,
+    /// Address of the HTTP admin endpoint (/metrics, /healthz, /readyz).
+    #[arg(long, env = "MINKUBE_ADMIN_HOST", default_value = "127.0.0.1")]
+    pub admin_host: String,
+    /// Port of the HTTP admin endpoint (0 picks a free port; it is printed).
+    #[arg(long, env = "MINKUBE_ADMIN_PORT", default_value_t = 7071)]
+    pub admin_port: u16,
     /// Directory of the embedded store.
     #[arg(
         long,

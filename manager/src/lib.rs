@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod config;
 pub mod dispatcher;
 pub mod error;
+pub mod grpc_metrics;
 pub mod introspection;
 pub mod liveness;
 pub mod nodes;
@@ -17,6 +18,7 @@ pub mod state;
 pub mod status;
 pub mod store;
 pub mod tasks;
+pub mod watch;
 
 pub use config::Args;
 pub use server::{Manager, ServeError};

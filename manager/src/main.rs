@@ -16,9 +16,19 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let metrics = match minkube_common::admin::install_metrics() {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics disabled");
+            None
+        }
+    };
     let manager = Manager::start(args).await?;
+    if let Some(addr) = manager.admin_addr() {
+        println!("minkube-manager admin on {addr}");
+    }
     if let Some(addr) = manager.local_addr() {
-        // The one line on stdout: scripts and tests read the port from it.
+        // Scripts and tests read the gRPC port from this line.
         println!("minkube-manager listening on {addr}");
         tracing::info!(%addr, "serving");
     }
@@ -38,7 +48,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         std::process::exit(130);
     });
     manager
-        .serve(async move {
+        .serve(metrics, async move {
             let _ = first_rx.await;
         })
         .await?;

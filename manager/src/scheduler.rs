@@ -109,6 +109,8 @@ pub fn schedule(st: &mut State, now: SystemTime, out: &mut Vec<Mutation>) -> Pas
         let need = entry.memory_mb();
         let attempt = entry.status().attempt.max(1);
         let Some(i) = pick_round_robin(&cands, st.rr_cursor.as_deref(), need) else {
+            metrics::counter!("minkube_manager_scheduling_decisions_total", "result" => "unplaceable")
+                .increment(1);
             let reason = unplaceable_reason(need);
             if entry.state() == TaskState::Pending && entry.status().reason != reason {
                 if let Some(e) = st.tasks.get_mut(&id) {
@@ -141,6 +143,8 @@ pub fn schedule(st: &mut State, now: SystemTime, out: &mut Vec<Mutation>) -> Pas
             continue;
         }
         st.unplaced.remove(&id);
+        metrics::counter!("minkube_manager_scheduling_decisions_total", "result" => "placed")
+            .increment(1);
         cands[i].free_mb = cands[i].free_mb.saturating_sub(need);
         st.rr_cursor = Some(node.name.clone());
         if let Some(e) = st.tasks.get(&id) {

@@ -16,6 +16,8 @@ use crate::error::ManagerError;
 use crate::introspection;
 use crate::policy::RetryTimings;
 use crate::store::{RedbStore, Store};
+use metrics_exporter_prometheus::PrometheusHandle;
+use minkube_common::admin;
 use minkube_common::retry::Backoff;
 
 /// A failure to start or run the manager.
@@ -32,6 +34,9 @@ pub enum ServeError {
     /// The store or cluster failed to start.
     #[error(transparent)]
     Manager(#[from] ManagerError),
+    /// The admin endpoint could not start.
+    #[error(transparent)]
+    Admin(#[from] minkube_common::admin::AdminError),
     /// Reflection could not be set up.
     #[error(transparent)]
     Reflection(#[from] crate::introspection::ReflectionError),
@@ -40,10 +45,11 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// A started manager: store loaded, port bound, not yet serving.
+/// A started manager: store loaded, ports bound, not yet serving.
 pub struct Manager {
     cluster: Arc<Cluster>,
     listener: TcpListener,
+    admin: TcpListener,
     args: Args,
 }
 
@@ -72,11 +78,18 @@ impl Manager {
         let listener = TcpListener::bind((args.host.as_str(), args.port))
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
+        let admin = admin::bind(&args.admin_host, args.admin_port).await?;
         Ok(Self {
             cluster,
             listener,
+            admin,
             args,
         })
+    }
+
+    /// The bound admin address (useful with port 0).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.local_addr().ok()
     }
 
     /// The bound address (useful with port 0).
@@ -89,13 +102,24 @@ impl Manager {
     /// store is flushed.
     pub async fn serve(
         self,
+        metrics: Option<PrometheusHandle>,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let Self {
             cluster,
             listener,
+            admin,
             args,
         } = self;
+        let (ready_tx, ready) = tokio::sync::watch::channel(true);
+        let admin_task = metrics.map(|handle| {
+            let c = Arc::clone(&cluster);
+            let collect: admin::Collect = Arc::new(move || c.collect_gauges());
+            let stop = cluster.shutdown.clone();
+            tokio::spawn(admin::serve(admin, handle, ready, collect, async move {
+                stop.cancelled().await;
+            }))
+        });
         let limit = args.max_request_bytes;
         let control = ControlServiceServer::new(ControlApi::new(Arc::clone(&cluster)))
             .max_decoding_message_size(limit);
@@ -108,6 +132,7 @@ impl Manager {
         let c = Arc::clone(&cluster);
         let on_signal = async move {
             signal.await;
+            let _ = ready_tx.send(false);
             introspection::set_all(&health, tonic_health::ServingStatus::NotServing).await;
             tracing::info!("shutting down: closing agent sessions");
             // Ending the sessions lets their streams finish, so the server's
@@ -115,6 +140,7 @@ impl Manager {
             c.shutdown.cancel();
         };
         let server = tonic::transport::Server::builder()
+            .layer(crate::grpc_metrics::GrpcMetricsLayer)
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -136,6 +162,9 @@ impl Manager {
             }
         };
         cluster.shutdown(args.shutdown_grace).await;
+        if let Some(t) = admin_task {
+            let _ = t.await;
+        }
         tracing::info!("manager stopped");
         result
     }

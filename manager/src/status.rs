@@ -87,6 +87,9 @@ pub fn apply_update(
         st.put_task(&u.task_id, out);
         return Applied::Ignored("illegal transition");
     }
+    if to == TaskState::Running && from == TaskState::Scheduled {
+        record_submit_to_running(&e.task);
+    }
     let result = if state_machine::is_terminal(to) {
         finish_attempt(st, u, to, timings, out)
     } else {
@@ -107,6 +110,18 @@ pub fn apply_update(
     match result {
         Ok(()) => Applied::Changed,
         Err(_) => Applied::Ignored("illegal transition"),
+    }
+}
+
+/// Time from CreateTask to the first attempt running.
+fn record_submit_to_running(task: &pb::Task) {
+    let first_attempt = task.status.as_ref().is_some_and(|s| s.attempt == 1);
+    if let (true, Some(created)) = (first_attempt, task.created_at.as_ref()) {
+        let created = minkube::convert::from_timestamp(created);
+        if let Ok(d) = std::time::SystemTime::now().duration_since(created) {
+            metrics::histogram!("minkube_manager_submit_to_running_seconds")
+                .record(d.as_secs_f64());
+        }
     }
 }
 

@@ -153,7 +153,14 @@ fn run(shared: &Shared, store: &dyn Store) {
             .iter()
             .flat_map(|p| p.mutations.iter().cloned())
             .collect();
+        let started = std::time::Instant::now();
         let result = store.commit(&all);
+        metrics::histogram!("minkube_manager_store_commit_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("minkube_manager_store_commits_total").increment(1);
+        // Requests per commit = how much group commit saves.
+        metrics::counter!("minkube_manager_store_committed_requests_total")
+            .increment(u64::try_from(batch.len()).unwrap_or(u64::MAX));
         if let Err(e) = &result {
             tracing::error!(error = %e, requests = batch.len(), "store commit failed");
         }
