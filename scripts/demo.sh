@@ -171,7 +171,7 @@ done
 note "minkube-manager (pid $manager_pid) listening on $addr"
 
 section "agent"
-"$bin_dir/minkube-agent" --name demo-node --data-dir "$work/agent" --manager "$addr" \
+"$bin_dir/minkube-agent" --admin-port 0 --name demo-node --data-dir "$work/agent" --manager "$addr" \
     >"$work/agent.out" 2>"$work/agent.log" &
 agent_pid=$!
 deadline=$((SECONDS + start_timeout))

@@ -49,6 +49,14 @@ pub struct Args {
     #[arg(long, env = "MINKUBE_STOP_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub stop_timeout: Duration,
 
+    /// Address of the HTTP admin endpoint (/metrics, /healthz, /readyz).
+    #[arg(long, env = "MINKUBE_ADMIN_HOST", default_value = "127.0.0.1")]
+    pub admin_host: String,
+
+    /// Port of the HTTP admin endpoint (0 picks a free port; it is printed).
+    #[arg(long, env = "MINKUBE_ADMIN_PORT", default_value_t = 7072)]
+    pub admin_port: u16,
+
     /// Log line format: text or json.
     #[arg(long, env = "MINKUBE_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,

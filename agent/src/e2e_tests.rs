@@ -174,6 +174,7 @@ async fn sessions_register_sync_run_stop_and_reconnect() {
         store,
         Arc::new(rt.clone()),
         PathBuf::from("/"),
+        None,
         stop_rx,
     ));
 

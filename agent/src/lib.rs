@@ -32,8 +32,10 @@ use tracing::{error, info, warn, Instrument};
 pub use config::Args;
 
 use local_store::{LocalStore, StoreError};
+use minkube_common::admin;
 use reconciler::{Reconciler, Settings};
 use runtime::docker::DockerRuntime;
+use runtime::metered::Metered;
 use runtime::{Runtime, RuntimeError};
 use session::{Links, SessionConfig};
 
@@ -78,6 +80,7 @@ impl Drop for AbortOnDrop {
 /// on shutdown: they are the user's work, and the next start adopts them.
 pub async fn run(
     args: Args,
+    admin: Option<AdminEndpoint>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
     let (stop_tx, mut stop_rx) = watch::channel(false);
@@ -103,7 +106,40 @@ pub async fn run(
         root = docker.root_dir() => hoststats::disk_path(root.as_deref()),
         () = stopped(&mut stop_rx) => return Ok(()),
     };
-    serve(args, name, store, Arc::new(docker), disk_path, stop_rx).await
+    let runtime: Arc<dyn Runtime> = Arc::new(Metered::new(Arc::new(docker)));
+    serve(args, name, store, runtime, disk_path, admin, stop_rx).await
+}
+
+/// The HTTP admin endpoint (/metrics, /healthz, /readyz), bound by `main`
+/// so it can print the address before the agent starts.
+pub struct AdminEndpoint {
+    /// The bound port.
+    pub listener: tokio::net::TcpListener,
+    /// The process's metrics recorder.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+/// Serves the admin endpoint until `stop_rx` turns true. `/readyz` follows
+/// `ready` (a session is established); each scrape refreshes the gauge of
+/// running containers.
+fn spawn_admin(
+    admin: AdminEndpoint,
+    ready: watch::Receiver<bool>,
+    running: Arc<AtomicU32>,
+    mut stop_rx: watch::Receiver<bool>,
+) -> AbortOnDrop {
+    let collect: admin::Collect = Arc::new(move || {
+        metrics::gauge!("minkube_agent_running_containers").set(f64::from(
+            running.load(std::sync::atomic::Ordering::Relaxed),
+        ));
+    });
+    AbortOnDrop(tokio::spawn(admin::serve(
+        admin.listener,
+        admin.metrics,
+        ready,
+        collect,
+        async move { stopped(&mut stop_rx).await },
+    )))
 }
 
 /// Everything after the checks: registration, the reconciler and the
@@ -115,6 +151,7 @@ async fn serve(
     store: LocalStore,
     runtime: Arc<dyn Runtime>,
     disk_path: PathBuf,
+    admin: Option<AdminEndpoint>,
     mut stop_rx: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
     let capacity = hoststats::capacity();
@@ -139,6 +176,8 @@ async fn serve(
     let (input_tx, input_rx) = mpsc::channel(CHANNEL_CAPACITY);
     let (out_tx, out_rx) = mpsc::channel(CHANNEL_CAPACITY);
     let running = Arc::new(AtomicU32::new(0));
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let _admin = admin.map(|a| spawn_admin(a, ready_rx, Arc::clone(&running), stop_rx.clone()));
     let settings = Settings {
         stop_timeout: args.stop_timeout,
         resync_interval: args.resync_interval,
@@ -162,6 +201,7 @@ async fn serve(
         outbound: out_rx,
         running,
         host: hoststats::HostSampler::new(disk_path),
+        ready: ready_tx,
     };
     let sessions =
         tokio::spawn(session::run(cfg, node_id, links, stop_rx.clone()).instrument(span));

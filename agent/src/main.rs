@@ -38,7 +38,21 @@ fn main() {
         .and_then(|rt| {
             rt.block_on(async move {
                 let shutdown = shutdown_signal().context("cannot install signal handlers")?;
-                minkube_agent::run(args, shutdown).await?;
+                let admin = match minkube_common::admin::install_metrics() {
+                    Ok(metrics) => {
+                        let listener =
+                            minkube_common::admin::bind(&args.admin_host, args.admin_port).await?;
+                        if let Ok(addr) = listener.local_addr() {
+                            println!("minkube-agent admin on {addr}");
+                        }
+                        Some(minkube_agent::AdminEndpoint { listener, metrics })
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "metrics disabled");
+                        None
+                    }
+                };
+                minkube_agent::run(args, admin, shutdown).await?;
                 Ok(())
             })
         });

@@ -195,6 +195,30 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no running agent named {name}"))
     }
 
+    /// The HTTP admin address the running agent named `name` printed
+    /// (`minkube-agent admin on ADDR`, written to its log); waits up to 10 s.
+    pub fn agent_admin_addr(&self, name: &str) -> String {
+        const PREFIX: &str = "minkube-agent admin on ";
+        let log = self.dir.path().join(format!("agent-{name}.log"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            // The last line wins: a restarted agent appends to the same log.
+            if let Some(addr) = text
+                .lines()
+                .rev()
+                .find_map(|l| l.trim().strip_prefix(PREFIX))
+            {
+                return addr.trim().to_string();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "agent {name} printed no `{PREFIX}ADDR` line; log:\n{text}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// SIGKILLs the agent named `name` (only its own pid); its data dir stays.
     pub fn kill_agent(&mut self, name: &str) {
         let agents = &mut self.processes.get_mut().unwrap().agents;

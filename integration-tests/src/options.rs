@@ -86,6 +86,8 @@ impl AgentOptions {
             ("--data-dir", data_dir.as_str()),
             ("--resync-interval", "1h"),
             ("--stop-timeout", "2s"),
+            // Tests run in parallel: any free port for the admin endpoint.
+            ("--admin-port", "0"),
         ];
         let overridden = |flag: &str| self.flags.iter().step_by(2).any(|f| f == flag);
         let mut args: Vec<String> = defaults

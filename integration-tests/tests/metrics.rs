@@ -1,13 +1,13 @@
-//! The manager's HTTP admin endpoint: /healthz and /readyz answer, and
-//! /metrics parses with the reference Prometheus parser (Python
-//! prometheus_client) and its counters move as tasks run.
+//! The HTTP admin endpoints of the manager and the agent: /healthz and
+//! /readyz answer, and /metrics parses with the reference Prometheus parser
+//! (Python prometheus_client) and its counters move as tasks run.
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 use minkube::pb::TaskState;
-use minkube_integration_tests::{Cluster, WAIT};
+use minkube_integration_tests::{wait_for, Cluster, POLL, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Plain HTTP/1.0 GET: (status line, body).
@@ -141,4 +141,46 @@ async fn admin_endpoint_health_and_moving_metrics() {
             &[("direction", "out"), ("kind", "assignment")]
         ) >= 2.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_admin_endpoint_reports_docker_calls_and_host() {
+    // Host gauges are refreshed with every heartbeat.
+    let cluster = Cluster::builder()
+        .manager_flag("--heartbeat-interval", "300ms")
+        .agents(&["a"])
+        .start()
+        .await;
+    let admin = cluster.agent_admin_addr("a");
+    assert!(http_get(&admin, "/healthz").await.0.contains("200"));
+    // Ready once its session is established (the cluster waited for READY).
+    assert!(http_get(&admin, "/readyz").await.0.contains("200"));
+    let t = cluster
+        .create(cluster.spec("agent-metric", &["sleep", "300"]))
+        .await;
+    cluster
+        .wait_task_state(&t.id, &[TaskState::Running], WAIT)
+        .await;
+    let m = wait_for("host gauges after a heartbeat", WAIT, POLL, async || {
+        let m = parse(&http_get(&admin, "/metrics").await.1);
+        if value(&m, "minkube_agent_host_memory_total_mb", &[]) > 0.0 {
+            Ok(m)
+        } else {
+            Err("no host sample yet".to_string())
+        }
+    })
+    .await;
+    assert_eq!(value(&m, "minkube_agent_running_containers", &[]), 1.0);
+    assert_eq!(value(&m, "minkube_agent_connected", &[]), 1.0);
+    assert!(
+        value(
+            &m,
+            "minkube_agent_docker_request_duration_seconds_count",
+            &[("op", "create_and_start"), ("outcome", "ok")]
+        ) >= 1.0
+    );
+    assert!(value(&m, "minkube_agent_host_memory_total_mb", &[]) > 0.0);
+    assert!(value(&m, "minkube_agent_host_disk_total_mb", &[]) > 0.0);
+    let load = value(&m, "minkube_agent_host_load", &[("window", "1m")]);
+    assert!(load >= 0.0);
 }

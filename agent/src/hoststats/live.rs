@@ -63,6 +63,7 @@ impl HostSampler {
             Ok(l) => (s.load1, s.load5, s.load15) = load(&l),
             Err(e) => debug!(error = %e, "cannot read /proc/loadavg; load left at 0"),
         }
+        publish(&s);
         s
     }
 }
@@ -114,6 +115,19 @@ pub fn load(l: &LoadAverage) -> (f64, f64, f64) {
         two_decimals(l.five),
         two_decimals(l.fifteen),
     )
+}
+
+/// The latest sample as gauges on /metrics.
+#[allow(clippy::cast_precision_loss)] // MB counts are far below 2^52
+fn publish(s: &pb::HostStats) {
+    metrics::gauge!("minkube_agent_host_cpu_percent").set(s.cpu_percent);
+    metrics::gauge!("minkube_agent_host_memory_total_mb").set(s.memory_total_mb as f64);
+    metrics::gauge!("minkube_agent_host_memory_available_mb").set(s.memory_available_mb as f64);
+    metrics::gauge!("minkube_agent_host_disk_total_mb").set(s.disk_total_mb as f64);
+    metrics::gauge!("minkube_agent_host_disk_available_mb").set(s.disk_available_mb as f64);
+    metrics::gauge!("minkube_agent_host_load", "window" => "1m").set(s.load1);
+    metrics::gauge!("minkube_agent_host_load", "window" => "5m").set(s.load5);
+    metrics::gauge!("minkube_agent_host_load", "window" => "15m").set(s.load15);
 }
 
 #[cfg(test)]

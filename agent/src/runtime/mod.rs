@@ -5,6 +5,7 @@
 pub mod docker;
 mod docker_convert;
 mod failure;
+pub mod metered;
 pub mod spec;
 
 #[cfg(test)]

@@ -61,6 +61,8 @@ pub struct Links {
     /// Host statistics, for heartbeats. Kept across sessions so CPU
     /// utilisation always spans the time since the previous heartbeat.
     pub host: HostSampler,
+    /// True while a session is established (drives /readyz).
+    pub ready: watch::Sender<bool>,
 }
 
 /// Why a session ended.
@@ -216,7 +218,12 @@ pub async fn run(
     loop {
         session += 1;
         let started = Instant::now();
+        if session > 1 {
+            metrics::counter!("minkube_agent_reconnects_total").increment(1);
+        }
         let result = stream::run_one(&cfg, &mut node_id, session, &mut links, &mut shutdown).await;
+        links.ready.send_replace(false);
+        metrics::gauge!("minkube_agent_connected").set(0.0);
         match result {
             Ok(()) | Err(SessionError::Shutdown) => break,
             Err(SessionError::ReconcilerGone) => {

@@ -143,6 +143,8 @@ pub(super) async fn run_one(
         full_sync: true,
     }));
     tx.send(sync).await.map_err(|_| SessionError::ManagerGone)?;
+    links.ready.send_replace(true);
+    metrics::gauge!("minkube_agent_connected").set(1.0);
 
     let mut pending: Option<Input> = None;
     let mut next_heartbeat = Instant::now() + jittered(heartbeat);
