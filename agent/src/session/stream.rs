@@ -147,7 +147,8 @@ pub(super) async fn run_one(
     metrics::gauge!("minkube_agent_connected").set(1.0);
 
     let mut pending: Option<Input> = None;
-    let mut next_heartbeat = Instant::now() + jittered(heartbeat);
+    // The first heartbeat goes at once, so host stats are on the node from the start.
+    let mut next_heartbeat = Instant::now();
     loop {
         tokio::select! {
             () = crate::stopped(shutdown) => return close(tx, inbound).await,
