@@ -34,6 +34,15 @@ pub fn millis(t: &Timestamp) -> i64 {
         .saturating_add(i64::from(t.nanos / 1_000_000))
 }
 
+/// Every state a task can be in, in lifecycle order (no UNSPECIFIED).
+pub const TASK_STATES: [TaskState; 5] = [
+    TaskState::Pending,
+    TaskState::Scheduled,
+    TaskState::Running,
+    TaskState::Completed,
+    TaskState::Failed,
+];
+
 /// Lower-case short name of a task state ("pending", "running", ...).
 pub fn task_state_name(s: TaskState) -> &'static str {
     match s {
@@ -90,13 +99,7 @@ mod tests {
 
     #[test]
     fn state_names_round_trip() {
-        for s in [
-            TaskState::Pending,
-            TaskState::Scheduled,
-            TaskState::Running,
-            TaskState::Completed,
-            TaskState::Failed,
-        ] {
+        for s in TASK_STATES {
             assert_eq!(parse_task_state(task_state_name(s)), Some(s));
         }
         assert_eq!(parse_task_state("bogus"), None);

@@ -394,6 +394,23 @@ pub(crate) mod fixtures {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// A new 10 MB PENDING task named "t".
+    pub(crate) fn pending_task(id: &str) -> pb::Task {
+        pb::Task {
+            id: id.into(),
+            spec: Some(pb::TaskSpec {
+                name: "t".into(),
+                memory_mb: 10,
+                ..Default::default()
+            }),
+            status: Some(pb::TaskStatus {
+                state: TaskState::Pending as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
     /// Adds a 10 MB task with `policy` and places it on `node` as attempt 1.
     pub(crate) fn placed(st: &mut State, id: &str, node: &str, policy: pb::RestartPolicy) {
         let mut out = Vec::new();

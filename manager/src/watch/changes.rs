@@ -106,19 +106,7 @@ mod tests {
     use crate::state::State;
 
     fn task(id: &str) -> pb::Task {
-        pb::Task {
-            id: id.into(),
-            spec: Some(pb::TaskSpec {
-                name: "t".into(),
-                memory_mb: 10,
-                ..Default::default()
-            }),
-            status: Some(pb::TaskStatus {
-                state: TaskState::Pending as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        crate::state::fixtures::pending_task(id)
     }
 
     fn states(changes: &[pb::TaskChange]) -> Vec<(String, TaskState, Option<TaskState>)> {

@@ -181,22 +181,9 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::state::State;
-    use minkube::pb::TaskState;
 
     fn task(id: &str) -> pb::Task {
-        pb::Task {
-            id: id.into(),
-            spec: Some(pb::TaskSpec {
-                name: "t".into(),
-                memory_mb: 10,
-                ..Default::default()
-            }),
-            status: Some(pb::TaskStatus {
-                state: TaskState::Pending as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        crate::state::fixtures::pending_task(id)
     }
 
     #[tokio::test]
