@@ -184,7 +184,7 @@ async fn serve(
     };
     let reconciler = Reconciler::new(
         node_id.clone(),
-        runtime,
+        Arc::clone(&runtime),
         store,
         settings,
         out_tx,
@@ -202,6 +202,7 @@ async fn serve(
         running,
         host: hoststats::HostSampler::new(disk_path),
         ready: ready_tx,
+        runtime,
     };
     let sessions =
         tokio::spawn(session::run(cfg, node_id, links, stop_rx.clone()).instrument(span));

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::cluster::Cluster;
 use crate::dispatcher::{self, DownStream};
 use crate::error::ManagerError;
+use crate::logs::TaskLogStream;
 use crate::tasks::TaskFilter;
 use crate::watch::{WatchFilter, WatchStream};
 
@@ -155,6 +156,16 @@ impl ControlService for ControlApi {
     ) -> Result<Response<Self::WatchTasksStream>, Status> {
         let filter = self.watch_filter(&req.into_inner())?;
         Ok(Response::new(self.cluster.watch_tasks(filter)))
+    }
+
+    type TaskLogsStream = TaskLogStream;
+
+    async fn task_logs(
+        &self,
+        req: Request<pb::TaskLogsRequest>,
+    ) -> Result<Response<Self::TaskLogsStream>, Status> {
+        let stream = self.cluster.task_logs(req.into_inner()).await?;
+        Ok(Response::new(stream))
     }
 }
 

@@ -76,6 +76,8 @@ pub struct Cluster {
     pub(crate) shutdown: CancellationToken,
     /// Every task the cluster spawns, so shutdown can wait for them.
     pub(crate) tasks: TaskTracker,
+    /// Open `TaskLogs` requests, routed by request id.
+    pub(crate) logs: crate::logs::LogRouter,
 }
 
 impl Cluster {
@@ -98,6 +100,7 @@ impl Cluster {
             watch: WatchHub::new(HUB_CAPACITY),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            logs: crate::logs::LogRouter::default(),
         });
         let c = Arc::clone(&cluster);
         cluster.tasks.spawn(async move { c.run_scheduler().await });
@@ -200,6 +203,8 @@ impl Cluster {
             pb::manager_message::Msg::Assignment(_) => "assignment",
             pb::manager_message::Msg::Stop(_) => "stop",
             pb::manager_message::Msg::DesiredSet(_) => "desired_set",
+            pb::manager_message::Msg::LogsRequest(_) => "logs_request",
+            pb::manager_message::Msg::LogsCancel(_) => "logs_cancel",
         };
         let message = pb::ManagerMessage { msg: Some(msg) };
         match tx.send_timeout(Ok(message), SEND_TIMEOUT).await {
@@ -220,7 +225,7 @@ impl Cluster {
     /// tasks by state, nodes by state, connected agents.
     pub fn collect_gauges(&self) {
         use minkube::convert::{node_state_name, task_state_name};
-        use minkube::pb::{NodeState, TaskState};
+        use minkube::pb::NodeState;
         let (tasks, nodes, connected) = {
             let st = self.lock();
             let mut tasks = [0u64; 6];
@@ -238,13 +243,7 @@ impl Cluster {
             let connected = st.nodes.values().filter(|n| n.session.is_some()).count();
             (tasks, nodes, connected)
         };
-        for s in [
-            TaskState::Pending,
-            TaskState::Scheduled,
-            TaskState::Running,
-            TaskState::Completed,
-            TaskState::Failed,
-        ] {
+        for s in minkube::convert::TASK_STATES {
             metrics::gauge!("minkube_manager_tasks", "state" => task_state_name(s))
                 .set(tasks[s as usize] as f64);
         }

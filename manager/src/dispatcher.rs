@@ -56,6 +56,7 @@ pub async fn open_session(
     cluster.tasks.spawn(async move {
         read_loop(&c, &node_id, &mut inbound, &session.cancel).await;
         c.detach_session(&node_id, session.id);
+        c.logs.session_ended(&node_id, session.id);
     });
     Ok(ReceiverStream::new(rx))
 }
@@ -96,6 +97,14 @@ async fn read_loop(
             }
             Some(Msg::Ack(a)) => {
                 tracing::debug!(node_id, task_id = %a.task_id, attempt = a.attempt, "assignment acknowledged");
+            }
+            Some(Msg::Logs(data)) => {
+                let request_id = data.request_id;
+                if cluster.logs.deliver(node_id, data) {
+                    let cancel =
+                        pb::manager_message::Msg::LogsCancel(pb::LogsCancel { request_id });
+                    cluster.send(node_id, cancel).await;
+                }
             }
             Some(Msg::Hello(_)) => {
                 tracing::warn!(node_id, "repeated Hello ignored");

@@ -34,6 +34,25 @@ pub enum ManagerError {
     /// A state change the state machine forbids.
     #[error(transparent)]
     Transition(#[from] IllegalTransition),
+    /// The task has no container to read logs from.
+    #[error("task {0} has no container yet (it is pending, or its container was never created): see `minkube get ID`")]
+    NoContainer(String),
+    /// The task's node is not connected; its logs are on that node.
+    #[error("node {node} is offline (disconnected, last heard from {silent_secs}s ago): logs are read from the node; try again once it reconnects")]
+    NodeOffline {
+        /// Node name.
+        node: String,
+        /// Seconds since the node was last heard from.
+        silent_secs: u64,
+    },
+    /// The node already serves as many log streams as allowed.
+    #[error("node {node} already serves {limit} log streams: close one, or try again later")]
+    TooManyLogStreams {
+        /// Node id.
+        node: String,
+        /// The limit.
+        limit: usize,
+    },
     /// Storage failed or is shutting down.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -45,7 +64,11 @@ impl From<ManagerError> for Status {
             ManagerError::Invalid(_) | ManagerError::BadRequest(_) => Code::InvalidArgument,
             ManagerError::TaskNotFound(_) | ManagerError::NodeNotFound(_) => Code::NotFound,
             ManagerError::NameTaken { .. } => Code::AlreadyExists,
-            ManagerError::Protocol(_) | ManagerError::Transition(_) => Code::FailedPrecondition,
+            ManagerError::Protocol(_)
+            | ManagerError::Transition(_)
+            | ManagerError::NoContainer(_) => Code::FailedPrecondition,
+            ManagerError::NodeOffline { .. } => Code::Unavailable,
+            ManagerError::TooManyLogStreams { .. } => Code::ResourceExhausted,
             ManagerError::Store(StoreError::Closed) => Code::Unavailable,
             ManagerError::Store(_) => Code::Internal,
         };

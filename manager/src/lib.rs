@@ -9,6 +9,7 @@ pub mod error;
 pub mod grpc_metrics;
 pub mod introspection;
 pub mod liveness;
+pub mod logs;
 pub mod nodes;
 pub mod policy;
 pub mod retention;

@@ -59,6 +59,8 @@ pub enum Command {
     },
     /// Print task changes as they happen, one line each (Ctrl-C to stop).
     Events(EventsArgs),
+    /// Print a task's container output: its stdout to stdout, its stderr to stderr.
+    Logs(LogsArgs),
     /// Stop a task: its container is stopped and removed.
     Stop {
         /// Task id.
@@ -69,6 +71,22 @@ pub enum Command {
     /// Inspect nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+}
+
+/// Arguments of `minkube logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Task id.
+    pub id: String,
+    /// Keep printing new output until the container exits.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub tail: Option<u32>,
+    /// Start every line with the time it was written (RFC 3339, UTC).
+    #[arg(long, short = 't')]
+    pub timestamps: bool,
 }
 
 /// `minkube node ...`.

@@ -47,7 +47,8 @@ impl std::fmt::Display for CliError {
             ),
             CliError::Status { manager, status } => {
                 write!(f, "{}", status_text(status))?;
-                if status.code() == Code::Unavailable {
+                // An offline node is not a manager problem: its message says so.
+                if status.code() == Code::Unavailable && !status.message().starts_with("node ") {
                     write!(f, "; is minkube-manager running at {manager}?")?;
                 }
                 Ok(())

@@ -5,6 +5,7 @@ pub mod commands;
 pub mod detail;
 pub mod error;
 pub mod json;
+pub mod logs;
 pub mod names;
 pub mod table;
 pub mod timefmt;
@@ -30,6 +31,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Get { id, watch: false } => commands::get(&session, id, out).await?,
         Command::Events(a) => {
             watch::events(&session, a, out).await?;
+            String::new()
+        }
+        Command::Logs(a) => {
+            logs::logs(&session, a, out).await?;
             String::new()
         }
         Command::Stop { id } => commands::stop(&session, id, out).await?,

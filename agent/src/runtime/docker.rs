@@ -317,6 +317,14 @@ impl Runtime for DockerRuntime {
             .filter_map(futures::future::ready)
             .boxed()
     }
+
+    fn logs(
+        &self,
+        container_id: &str,
+        options: super::LogOptions,
+    ) -> BoxStream<'static, Result<minkube::pb::LogChunk, RuntimeError>> {
+        super::docker_logs::logs(&self.docker, container_id, options)
+    }
 }
 
 /// One Docker event as a runtime event; `None` for events that only update

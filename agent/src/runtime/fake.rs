@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::{
     ContainerFilter, ContainerInfo, ContainerRef, ContainerSpec, ContainerStatus, EventKind,
-    Runtime, RuntimeError, RuntimeEvent,
+    LogOptions, Runtime, RuntimeError, RuntimeEvent,
 };
 
 /// A fake container: its details plus the node it belongs to.
@@ -401,5 +401,32 @@ impl Runtime for FakeRuntime {
             Some((item, rx))
         })
         .boxed()
+    }
+
+    fn logs(
+        &self,
+        container_id: &str,
+        options: LogOptions,
+    ) -> BoxStream<'static, Result<pb::LogChunk, RuntimeError>> {
+        // Every container wrote one line to stdout, then one to stderr.
+        let items: Vec<_> = if self.st().containers.contains_key(container_id) {
+            let line = |stream: pb::LogStream, text: &str| pb::LogChunk {
+                stream: stream as i32,
+                data: format!("{text} of {container_id}\n").into_bytes(),
+                timestamp: options.timestamps.then(|| ts(1)),
+            };
+            let all = [
+                line(pb::LogStream::Stdout, "out"),
+                line(pb::LogStream::Stderr, "err"),
+            ];
+            let skip = match options.tail {
+                0 => 0,
+                n => all.len().saturating_sub(n as usize),
+            };
+            all.into_iter().skip(skip).map(Ok).collect()
+        } else {
+            vec![Err(RuntimeError::NotFound(container_id.into()))]
+        };
+        futures::stream::iter(items).boxed()
     }
 }

@@ -10,7 +10,7 @@ use futures::stream::BoxStream;
 use minkube::pb::FailureKind;
 
 use super::{
-    ContainerFilter, ContainerInfo, ContainerRef, ContainerSpec, Runtime, RuntimeError,
+    ContainerFilter, ContainerInfo, ContainerRef, ContainerSpec, LogOptions, Runtime, RuntimeError,
     RuntimeEvent,
 };
 
@@ -94,6 +94,13 @@ impl Runtime for Metered {
     ) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>> {
         metrics::counter!("minkube_agent_docker_event_subscriptions_total").increment(1);
         self.inner.events(node_id, since_secs)
+    }
+    fn logs(
+        &self,
+        container_id: &str,
+        options: LogOptions,
+    ) -> BoxStream<'static, Result<minkube::pb::LogChunk, RuntimeError>> {
+        self.inner.logs(container_id, options)
     }
 }
 

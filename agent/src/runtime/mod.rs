@@ -4,6 +4,7 @@
 //! tested against an in-memory fake.
 pub mod docker;
 mod docker_convert;
+mod docker_logs;
 mod failure;
 pub mod metered;
 pub mod spec;
@@ -236,6 +237,17 @@ pub struct RuntimeEvent {
     pub at: Timestamp,
 }
 
+/// What to read of a container's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogOptions {
+    /// Keep reading until the container exits.
+    pub follow: bool,
+    /// Only the last lines; 0 means all.
+    pub tail: u32,
+    /// Stamp every chunk with the time it was written.
+    pub timestamps: bool,
+}
+
 /// The operations the agent needs from a container runtime.
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
@@ -270,6 +282,14 @@ pub trait Runtime: Send + Sync + 'static {
         node_id: &str,
         since_secs: i64,
     ) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>>;
+    /// A container's output (stdout and stderr, each chunk marked), also of
+    /// an exited container. With `follow` the stream ends when the container
+    /// exits.
+    fn logs(
+        &self,
+        container_id: &str,
+        options: LogOptions,
+    ) -> BoxStream<'static, Result<pb::LogChunk, RuntimeError>>;
 }
 
 /// Makes sure the image is usable under the task's pull policy. `on_pull` is

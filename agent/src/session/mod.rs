@@ -3,6 +3,7 @@
 //! jittered backoff. Between sessions the reconciler's updates stay in the
 //! local records; the next full sync carries them.
 mod batch;
+mod logs;
 mod stream;
 
 use std::collections::HashMap;
@@ -63,6 +64,8 @@ pub struct Links {
     pub host: HostSampler,
     /// True while a session is established (drives /readyz).
     pub ready: watch::Sender<bool>,
+    /// The container runtime, for reading logs the manager asks for.
+    pub runtime: Arc<dyn crate::runtime::Runtime>,
 }
 
 /// Why a session ended.

@@ -1,6 +1,7 @@
 //! One session on the Connect stream, in the order agent.proto prescribes:
 //! Register, Hello, Welcome, full sync, then both directions at once.
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use minkube::pb::{self, agent_message, manager_message};
@@ -11,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 
 use super::batch::{collect, to_messages, MAX_BATCH};
+use super::logs::LogReaders;
 use super::{client, drain_while, register, Links, SessionConfig, SessionError};
 use crate::identity;
 use crate::reconciler::{Input, Outbound};
@@ -42,6 +44,8 @@ fn to_input(m: pb::ManagerMessage) -> Option<Input> {
             debug!("ignoring a second Welcome");
             None
         }
+        // Served by the session's log readers, never by the reconciler.
+        manager_message::Msg::LogsRequest(_) | manager_message::Msg::LogsCancel(_) => None,
     }
 }
 
@@ -146,24 +150,32 @@ pub(super) async fn run_one(
     links.ready.send_replace(true);
     metrics::gauge!("minkube_agent_connected").set(1.0);
 
+    let mut logs = LogReaders::new(Arc::clone(&links.runtime), node_id, tx.clone());
     let mut pending: Option<Input> = None;
     // The first heartbeat goes at once, so host stats are on the node from the start.
     let mut next_heartbeat = Instant::now();
     loop {
         tokio::select! {
-            () = crate::stopped(shutdown) => return close(tx, inbound).await,
+            () = crate::stopped(shutdown) => {
+                // Readers hold senders too; they must go for the stream to end.
+                drop(logs);
+                return close(tx, inbound).await;
+            }
             permit = links.inputs.reserve(), if pending.is_some() => match permit {
                 Ok(permit) => {
                     if let Some(input) = pending.take() {
                         permit.send(input);
                     }
                 }
-                Err(_) if *shutdown.borrow() => return close(tx, inbound).await,
+                Err(_) if *shutdown.borrow() => {
+                    drop(logs);
+                    return close(tx, inbound).await;
+                }
                 Err(_) => return Err(SessionError::ReconcilerGone),
             },
             // Read the next message only once the previous one is handed on.
             received = inbound.message(), if pending.is_none() => match received {
-                Ok(Some(m)) => pending = to_input(m),
+                Ok(Some(m)) => pending = logs.take(m).and_then(to_input),
                 Ok(None) => return Err(SessionError::Closed),
                 Err(status) => return Err(SessionError::Stream(status)),
             },
@@ -171,6 +183,7 @@ pub(super) async fn run_one(
                 let Some(first) = out else {
                     // The reconciler closes its channel when it stops for shutdown.
                     if *shutdown.borrow() {
+                        drop(logs);
                         return close(tx, inbound).await;
                     }
                     return Err(SessionError::ReconcilerGone);
@@ -180,6 +193,7 @@ pub(super) async fn run_one(
                     tx.send(m).await.map_err(|_| SessionError::ManagerGone)?;
                 }
             }
+            () = logs.reap() => {}
             () = tokio::time::sleep_until(next_heartbeat) => {
                 let beat = msg(agent_message::Msg::Heartbeat(pb::Heartbeat {
                     timestamp: Some(minkube::convert::now()),
