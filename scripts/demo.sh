@@ -251,6 +251,12 @@ mk nodes
 section "minkube get $failing"
 mk get "$failing"
 
+section "minkube logs (the container has exited; its output is still readable)"
+echo "\$ minkube logs $failing"
+mk logs "$failing"
+echo "\$ minkube logs $hello"
+mk logs "$hello"
+
 section "minkube get $web"
 mk get "$web"
 
