@@ -189,8 +189,8 @@ pub fn node(n: &Node) -> String {
 mod tests {
     use super::*;
     use minkube::pb::{
-        DesiredState, HostStats, NodeState, PortBinding, PortSpec, Protocol, Resources, TaskSpec,
-        TaskState, TaskStatus,
+        DesiredState, NodeState, PortBinding, PortSpec, Protocol, Resources, TaskSpec, TaskState,
+        TaskStatus,
     };
 
     #[test]
@@ -282,25 +282,7 @@ mod tests {
 
     #[test]
     fn node_block_with_stats() {
-        let n = Node {
-            name: "node-a".into(),
-            stats: Some(HostStats {
-                cpu_percent: 7.25,
-                memory_total_mb: 3900,
-                memory_available_mb: 2100,
-                disk_total_mb: 100_000,
-                disk_available_mb: 40_000,
-                disk_path: "/var/lib/docker".into(),
-                load1: 0.5,
-                load5: 0.25,
-                load15: 1.0,
-                sampled_at: Some(Timestamp {
-                    seconds: 1_700_000_000,
-                    nanos: 0,
-                }),
-            }),
-            ..Default::default()
-        };
+        let n = crate::cli::fixtures::node_with_stats(7.25);
         let out = node(&n);
         let has = |line: &str| out.lines().any(|l| l == line);
         assert!(has("CPU usage:      7.2%"), "{out}");

@@ -325,25 +325,7 @@ mod tests {
 
     #[test]
     fn node_stats_use_proto_names() {
-        let n = Node {
-            name: "node-a".into(),
-            stats: Some(HostStats {
-                cpu_percent: 12.5,
-                memory_total_mb: 3900,
-                memory_available_mb: 2100,
-                disk_total_mb: 100_000,
-                disk_available_mb: 40_000,
-                disk_path: "/var/lib/docker".into(),
-                load1: 0.5,
-                load5: 0.25,
-                load15: 1.0,
-                sampled_at: Some(Timestamp {
-                    seconds: 1_700_000_000,
-                    nanos: 0,
-                }),
-            }),
-            ..Default::default()
-        };
+        let n = crate::cli::fixtures::node_with_stats(12.5);
         let s = &node(&n)["stats"];
         assert_eq!(s["cpu_percent"], 12.5);
         assert_eq!(s["memory_total_mb"], 3900);

@@ -4,6 +4,8 @@ pub mod args;
 pub mod commands;
 pub mod detail;
 pub mod error;
+#[cfg(test)]
+mod fixtures;
 pub mod json;
 pub mod logs;
 pub mod names;
