@@ -6,7 +6,7 @@ use std::time::Duration;
 use minkube::client::ControlClient;
 use minkube::pb::{
     CreateTaskRequest, GetTaskRequest, GetTaskResponse, ListNodesRequest, ListTasksRequest,
-    ListTasksResponse, Node, NodeState, StopTaskRequest, Task, TaskSpec, TaskState,
+    ListTasksResponse, Node, NodeState, StopTaskRequest, Task, TaskSpec, TaskState, TaskStatus,
 };
 
 use crate::cluster::Cluster;
@@ -161,6 +161,46 @@ impl Cluster {
             }
         })
         .await;
+    }
+
+    /// Creates `n` tasks running `sleep 300`, named `{prefix}-{i}`, and waits
+    /// until each runs; returns each id with its running status.
+    pub async fn run_sleepers(&self, prefix: &str, n: usize) -> Vec<(String, TaskStatus)> {
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            let spec = self.spec(&format!("{prefix}-{i}"), &["sleep", "300"]);
+            ids.push(self.create(spec).await.id);
+        }
+        let mut running = Vec::with_capacity(n);
+        for id in ids {
+            let resp = self
+                .wait_task_state(&id, &[TaskState::Running], crate::WAIT)
+                .await;
+            running.push((id, describe::status(resp.task.as_ref().unwrap())));
+        }
+        running
+    }
+
+    /// Asserts the task still RUNNING as the same attempt in the same
+    /// container as `before` (nothing restarted or replaced it); returns the
+    /// task for further checks.
+    pub async fn assert_same_running_attempt(
+        &self,
+        id: &str,
+        before: &TaskStatus,
+    ) -> GetTaskResponse {
+        let after = self.get(id).await;
+        let task = after.task.as_ref().unwrap();
+        let status = describe::status(task);
+        let shown = describe::task_with_events(&after);
+        assert_eq!(describe::state(task), TaskState::Running, "{shown}");
+        assert_eq!(status.attempt, before.attempt, "no new attempt: {shown}");
+        assert_eq!(status.node_id, before.node_id, "same node: {shown}");
+        assert_eq!(
+            status.container_id, before.container_id,
+            "same container: {shown}"
+        );
+        after
     }
 
     /// Waits until the task is in one of `states`. Panics at once if it

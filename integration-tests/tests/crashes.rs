@@ -3,7 +3,7 @@
 //! picked up when it comes back.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use minkube::pb::{NodeState, TaskState};
@@ -36,21 +36,8 @@ async fn manager_crash_keeps_running_and_pending_tasks() {
     cluster.add_agent_with("a", AgentOptions::new().manager(&proxy.addr()));
     cluster.wait_nodes_ready(1).await;
 
-    let mut running = Vec::new();
-    for i in 0..10 {
-        let task = cluster
-            .create(cluster.spec(&format!("run-{i}"), &["sleep", "300"]))
-            .await;
-        running.push(task.id);
-    }
-    let mut containers = BTreeMap::new();
-    for id in &running {
-        let resp = cluster
-            .wait_task_state(id, &[TaskState::Running], WAIT)
-            .await;
-        let status = describe::status(resp.task.as_ref().unwrap());
-        containers.insert(id.clone(), status.container_id);
-    }
+    let started = cluster.run_sleepers("run", 10).await;
+    let running: Vec<String> = started.iter().map(|(id, _)| id.clone()).collect();
     assert_one_running_container_each(&running);
 
     // No READY node: these stay PENDING.
@@ -107,20 +94,9 @@ async fn manager_crash_keeps_running_and_pending_tasks() {
         let status = describe::status(resp.task.as_ref().unwrap());
         assert_eq!(status.attempt, 1, "{}", describe::task_with_events(&resp));
     }
-    for id in &running {
-        let resp = cluster.get(id).await;
-        let status = describe::status(resp.task.as_ref().unwrap());
-        let shown = describe::task_with_events(&resp);
-        assert_eq!(
-            describe::state(resp.task.as_ref().unwrap()),
-            TaskState::Running,
-            "{shown}"
-        );
-        assert_eq!(status.attempt, 1, "{shown}");
-        assert_eq!(
-            status.container_id, containers[id],
-            "same container: {shown}"
-        );
+    for (id, before) in &started {
+        assert_eq!(before.attempt, 1);
+        cluster.assert_same_running_attempt(id, before).await;
     }
     let all: Vec<String> = created.iter().cloned().collect();
     assert_one_running_container_each(&all);
@@ -149,20 +125,8 @@ async fn agent_crash_then_restart_picks_up_what_happened() {
         .agents(&["a"])
         .start()
         .await;
-    let mut sleepers = Vec::new();
-    for i in 0..2 {
-        let task = cluster
-            .create(cluster.spec(&format!("sleeper-{i}"), &["sleep", "300"]))
-            .await;
-        sleepers.push(task.id);
-    }
-    let mut before = BTreeMap::new();
-    for id in &sleepers {
-        let resp = cluster
-            .wait_task_state(id, &[TaskState::Running], WAIT)
-            .await;
-        before.insert(id.clone(), describe::status(resp.task.as_ref().unwrap()));
-    }
+    let started = cluster.run_sleepers("sleeper", 2).await;
+    let sleepers: Vec<String> = started.iter().map(|(id, _)| id.clone()).collect();
     // Created last, so the agent is killed well within its 3 seconds.
     let short = cluster
         .create(cluster.spec("exit-seven", &["sh", "-c", "sleep 3; exit 7"]))
@@ -203,20 +167,10 @@ async fn agent_crash_then_restart_picks_up_what_happened() {
         "restart policy NEVER: no new attempt: {shown}"
     );
 
-    for id in &sleepers {
-        let resp = cluster.get(id).await;
-        let status = describe::status(resp.task.as_ref().unwrap());
-        let shown = describe::task_with_events(&resp);
-        assert_eq!(
-            describe::state(resp.task.as_ref().unwrap()),
-            TaskState::Running,
-            "{shown}"
-        );
-        assert_eq!(status.attempt, 1, "{shown}");
-        assert_eq!(
-            status.container_id, before[id].container_id,
-            "adopted, not replaced: {shown}"
-        );
+    // Adopted, not replaced.
+    for (id, before) in &started {
+        assert_eq!(before.attempt, 1);
+        cluster.assert_same_running_attempt(id, before).await;
     }
     assert_one_running_container_each(&sleepers);
 }

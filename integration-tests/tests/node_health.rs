@@ -59,15 +59,9 @@ async fn stopped_agent_goes_down_and_comes_back() {
     cluster
         .wait_node_state("a", &[NodeState::Ready], WAIT)
         .await;
-    let after = cluster.get(&task.id).await;
-    let status = describe::status(after.task.as_ref().unwrap());
-    let shown = describe::task_with_events(&after);
-    assert_eq!(
-        describe::state(after.task.as_ref().unwrap()),
-        TaskState::Running,
-        "{shown}"
-    );
-    assert_eq!(status.attempt, 1, "{shown}");
-    assert_eq!(status.container_id, status_before.container_id, "{shown}");
+    assert_eq!(status_before.attempt, 1);
+    cluster
+        .assert_same_running_attempt(&task.id, &status_before)
+        .await;
     assert_eq!(running_task_containers(&task.id).len(), 1);
 }

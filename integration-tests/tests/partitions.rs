@@ -69,20 +69,11 @@ async fn partition_shorter_than_the_grace_changes_nothing() {
     // Let the new session's full sync land before comparing.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let after = cluster.get(&task.id).await;
-    let status = describe::status(after.task.as_ref().unwrap());
+    assert_eq!(status_before.attempt, 1);
+    let after = cluster
+        .assert_same_running_attempt(&task.id, &status_before)
+        .await;
     let shown = describe::task_with_events(&after);
-    assert_eq!(
-        describe::state(after.task.as_ref().unwrap()),
-        TaskState::Running,
-        "{shown}"
-    );
-    assert_eq!(status.attempt, 1, "no new attempt: {shown}");
-    assert_eq!(status.node_id, status_before.node_id, "{shown}");
-    assert_eq!(
-        status.container_id, status_before.container_id,
-        "same container: {shown}"
-    );
     assert_eq!(
         after.events,
         before.events,
