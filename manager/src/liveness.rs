@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use minkube::pb::{DesiredState, NodeState, TaskState};
-use minkube_common::state_machine;
 use tokio::time::Instant;
 
 use crate::cluster::Cluster;
@@ -85,12 +84,7 @@ fn handle_lost_node(
     retry: &RetryTimings,
     out: &mut Vec<Mutation>,
 ) -> bool {
-    let ids: Vec<String> = st
-        .tasks
-        .values()
-        .filter(|e| e.status().node_id == node_id && state_machine::is_active_on_node(e.state()))
-        .map(|e| e.task.id.clone())
-        .collect();
+    let ids: Vec<String> = st.active_on(node_id).map(|e| e.task.id.clone()).collect();
     let mut reschedule = false;
     for id in ids {
         let Some(e) = st.tasks.get(&id) else { continue };

@@ -115,6 +115,9 @@ pub struct State {
     pub unplaced: BTreeSet<String>,
     /// Reservations per node id.
     usage: HashMap<String, Usage>,
+    /// Ids of the active (SCHEDULED or RUNNING) tasks per node id, so work
+    /// about one node (its desired set, a lost node) never scans every task.
+    active: HashMap<String, BTreeSet<String>>,
     /// Name of the node that got the last placement (round-robin cursor).
     pub rr_cursor: Option<String>,
 }
@@ -162,6 +165,12 @@ impl State {
             return; // waiting for a node: nothing reserved anywhere
         }
         let cpu = entry.task.spec.as_ref().map_or(0.0, |s| s.cpu);
+        let ids = self.active.entry(node.clone()).or_default();
+        if sign > 0 {
+            ids.insert(entry.task.id.clone());
+        } else {
+            ids.remove(&entry.task.id);
+        }
         let u = self.usage.entry(node).or_default();
         if sign > 0 {
             u.memory_mb = u.memory_mb.saturating_add(entry.memory_mb());
@@ -177,6 +186,15 @@ impl State {
     /// What the active tasks of a node reserve.
     pub fn usage(&self, node_id: &str) -> Usage {
         self.usage.get(node_id).copied().unwrap_or_default()
+    }
+
+    /// The active (SCHEDULED or RUNNING) tasks placed on a node, by id order.
+    pub fn active_on(&self, node_id: &str) -> impl Iterator<Item = &TaskEntry> {
+        self.active
+            .get(node_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
     }
 
     /// Adds a new PENDING task with its creation event.
@@ -483,12 +501,18 @@ mod tests {
             .unwrap();
         assert!(st.unplaced.is_empty());
         assert_eq!(st.usage("n1").memory_mb, 100);
+        assert_eq!(st.active_on("n1").count(), 1);
         st.transition("t1", TaskState::Running, "started", |_| {}, &mut out)
             .unwrap();
         assert_eq!(st.usage("n1").tasks, 1);
         st.transition("t1", TaskState::Completed, "exit 0", |_| {}, &mut out)
             .unwrap();
         assert_eq!(st.usage("n1"), Usage::default());
+        assert_eq!(
+            st.active_on("n1").count(),
+            0,
+            "finished tasks leave the index"
+        );
         let e = &st.tasks["t1"];
         assert_eq!(e.events.len(), 4);
         assert!(e.status().finished_at.is_some());
@@ -537,6 +561,8 @@ mod tests {
         let re = State::from_snapshot(snap);
         assert!(re.unplaced.contains("a") && !re.unplaced.contains("b"));
         assert_eq!(re.usage("n1").memory_mb, 20);
+        let active: Vec<_> = re.active_on("n1").map(|e| e.task.id.as_str()).collect();
+        assert_eq!(active, ["b"]);
         assert_eq!(re.nodes["n1"].node.state(), pb::NodeState::Disconnected);
     }
 }

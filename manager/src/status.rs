@@ -162,11 +162,8 @@ fn finish_attempt(
 pub fn desired_for(st: &State, node_id: &str) -> (pb::DesiredSet, Vec<pb::StopOrder>) {
     let mut set = pb::DesiredSet::default();
     let mut stops = Vec::new();
-    for e in st.tasks.values() {
+    for e in st.active_on(node_id) {
         let s = e.status();
-        if s.node_id != node_id || !state_machine::is_active_on_node(e.state()) {
-            continue;
-        }
         if e.task.desired_state() == DesiredState::Stopped {
             stops.push(pb::StopOrder {
                 task_id: e.task.id.clone(),
