@@ -2,13 +2,18 @@
 //! and the two service clients.
 use std::time::Duration;
 
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::trace::TraceHeaders;
 
 use crate::pb::agent_service_client::AgentServiceClient;
 use crate::pb::control_service_client::ControlServiceClient;
 
 /// Client of the user-facing API.
 pub type ControlClient = ControlServiceClient<Channel>;
+/// Client of the user-facing API that sends W3C trace headers with each call.
+pub type TracedControlClient = ControlServiceClient<InterceptedService<Channel, TraceHeaders>>;
 /// Client of the agent API.
 pub type AgentClient = AgentServiceClient<Channel>;
 
@@ -76,6 +81,18 @@ pub async fn channel(address: &str) -> Result<Channel, ConnectError> {
 /// Dials the manager and returns a client of the user-facing API.
 pub async fn control(address: &str) -> Result<ControlClient, ConnectError> {
     Ok(ControlServiceClient::new(channel(address).await?))
+}
+
+/// Dials the manager and returns a client of the user-facing API whose
+/// calls carry `headers` (see [`crate::trace`]).
+pub async fn control_traced(
+    address: &str,
+    headers: TraceHeaders,
+) -> Result<TracedControlClient, ConnectError> {
+    Ok(ControlServiceClient::with_interceptor(
+        channel(address).await?,
+        headers,
+    ))
 }
 
 /// Dials the manager and returns a client of the agent API.

@@ -9,6 +9,7 @@ pub mod pb {
 
 pub mod client;
 pub mod convert;
+pub mod trace;
 
 /// Encoded `FileDescriptorSet` of every minkube proto file, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("minkube_descriptor");

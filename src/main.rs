@@ -17,10 +17,26 @@ fn main() -> ExitCode {
 }
 
 fn run(args: cli::args::Cli) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // Multi-threaded (one worker) so the span exporter can still send after
+    // the command's future is done.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
-    rt.block_on(cli::run(args))?;
+    let trace = {
+        let _rt = rt.enter();
+        cli::trace::CommandTrace::start(args.command.name(), args.trace)
+    };
+    if args.trace {
+        if let Some(id) = trace.trace_id() {
+            // stderr: stdout stays the command's output (ids, JSON).
+            eprintln!("trace id: {id}");
+        }
+    }
+    let headers = trace.headers();
+    let result = rt.block_on(cli::run(args, headers));
+    trace.finish(result.as_ref().err().map(ToString::to_string));
+    result?;
     Ok(())
 }

@@ -39,6 +39,9 @@ pub struct TaskRecord {
     /// decided it); empty means "stopped by user".
     #[prost(string, tag = "5")]
     pub stop_reason: String,
+    /// W3C trace context of the stop order, the parent of the stop's spans.
+    #[prost(map = "string, string", tag = "6")]
+    pub stop_trace_context: std::collections::HashMap<String, String>,
 }
 
 impl TaskRecord {
@@ -262,6 +265,11 @@ mod tests {
             sequence: seq,
             stop_requested: true,
             stop_reason: "stopped by user".into(),
+            stop_trace_context: [(
+                "traceparent".to_string(),
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string(),
+            )]
+            .into(),
         }
     }
 

@@ -30,13 +30,17 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'stati
 
 fn main() {
     let args = minkube_agent::Args::parse();
-    minkube_common::telemetry::init(args.log_format);
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
         .and_then(|rt| {
-            rt.block_on(async move {
+            // The span exporter's channel lives on this runtime.
+            let telemetry = {
+                let _rt = rt.enter();
+                minkube_common::telemetry::init(args.log_format, "minkube-agent")
+            };
+            let result = rt.block_on(async move {
                 let shutdown = shutdown_signal().context("cannot install signal handlers")?;
                 let admin = match minkube_common::admin::install_metrics() {
                     Ok(metrics) => {
@@ -54,7 +58,10 @@ fn main() {
                 };
                 minkube_agent::run(args, admin, shutdown).await?;
                 Ok(())
-            })
+            });
+            // The runtime's workers still run, so the last spans can be sent.
+            telemetry.shutdown();
+            result
         });
     if let Err(e) = result {
         eprintln!("error: {}", minkube_agent::runtime::error_chain(e.as_ref()));

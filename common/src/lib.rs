@@ -1,5 +1,5 @@
 //! Shared by the manager, the agent and the CLI: the task state machine,
-//! spec validation, retry policy, label names and telemetry setup.
+//! spec validation, retry policy, label names, telemetry setup and trace-context propagation.
 
 pub mod admin;
 pub mod duration;
@@ -8,6 +8,7 @@ pub mod paging;
 pub mod retry;
 pub mod state_machine;
 pub mod telemetry;
+pub mod trace_context;
 pub mod validate;
 
 pub use minkube::pb;

@@ -1,9 +1,17 @@
-//! Logging setup shared by the binaries: human or JSON lines on stderr,
-//! level from `RUST_LOG` (default `info`).
+//! Telemetry setup shared by the binaries: human or JSON log lines on
+//! stderr, level from `RUST_LOG` (default `info`), and OpenTelemetry spans.
 use std::io::IsTerminal;
 use std::str::FromStr;
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::filter::{filter_fn, FilterExt as _, LevelFilter, Targets};
+use tracing_subscriber::layer::Filter;
+
+use crate::trace_context::EXPORTED_SPANS;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{fmt, EnvFilter, Layer, Registry};
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -26,17 +34,83 @@ impl FromStr for LogFormat {
     }
 }
 
-/// Installs the global subscriber. Call once, first thing in `main`.
-pub fn init(format: LogFormat) {
+/// The process's telemetry: keep it until exit, then [`Telemetry::shutdown`]
+/// so that queued spans are exported.
+#[must_use = "call shutdown() before exit, or queued spans are lost"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Flushes and stops the span exporter. Blocks: call it from outside
+    /// async code (after `block_on` returns, with the runtime still alive).
+    pub fn shutdown(self) {
+        if let Some(p) = self.provider {
+            if let Err(e) = p.shutdown() {
+                tracing::warn!(error = %e, "cannot flush spans to the OpenTelemetry collector");
+            }
+        }
+    }
+}
+
+/// What becomes OpenTelemetry data: minkube's own operation spans
+/// ([`EXPORTED_SPANS`]) and the log events inside them. The HTTP/2 and gRPC
+/// libraries stay out, else the exporter would trace its own calls.
+fn otel_filter() -> impl Filter<Registry> {
+    Targets::new()
+        .with_default(LevelFilter::OFF)
+        .with_target("minkube", LevelFilter::INFO)
+        .and(filter_fn(|m| {
+            m.is_event() || EXPORTED_SPANS.contains(&m.name())
+        }))
+}
+
+/// Installs the global subscriber: log lines on stderr (level from
+/// `RUST_LOG`) and, for spans of minkube's own code, OpenTelemetry spans
+/// (exported over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is set; see
+/// [`minkube::trace::tracer_provider`]). Call once, inside the Tokio runtime,
+/// before any work.
+pub fn init(format: LogFormat, service_name: &'static str) -> Telemetry {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,h2=warn,hyper=warn,tower=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    // A second init (e.g. in tests) keeps the first subscriber.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let ansi = std::io::stderr().is_terminal();
+    let fmt: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Text => fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
     };
+    let provider = match minkube::trace::tracer_provider(service_name) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("warning: OpenTelemetry export is off: {e} (check the OTEL_EXPORTER_OTLP_* variables)");
+            None
+        }
+    };
+    let mut layers = vec![fmt];
+    if let Some(p) = &provider {
+        layers.push(
+            tracing_opentelemetry::layer()
+                .with_tracer(p.tracer(service_name))
+                .with_filter(otel_filter())
+                .boxed(),
+        );
+    }
+    // A second init (e.g. in tests) keeps the first subscriber.
+    let installed = tracing_subscriber::registry()
+        .with(layers)
+        .try_init()
+        .is_ok();
+    if installed && minkube::trace::export_configured() {
+        tracing::info!(service = service_name, "exporting spans over OTLP/gRPC");
+    }
+    Telemetry {
+        provider: provider.filter(|_| installed),
+    }
 }

@@ -11,8 +11,14 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 impl Cluster {
     /// Runs the CLI with `--manager` pointing at this cluster.
     pub async fn cli(&self, args: &[&str]) -> Output {
+        self.cli_env(&[], args).await
+    }
+
+    /// Runs the CLI with extra environment variables.
+    pub async fn cli_env(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
         let mut cmd = tokio::process::Command::new(binary(CLI));
-        cmd.arg("--manager")
+        cmd.envs(env.iter().copied())
+            .arg("--manager")
             .arg(self.addr())
             .args(args)
             .stdin(Stdio::null())

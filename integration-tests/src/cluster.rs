@@ -34,6 +34,7 @@ pub struct Cluster {
     /// The manager's HTTP admin address, as it printed it.
     admin_addr: Option<String>,
     manager_flags: Vec<String>,
+    manager_env: Vec<(String, String)>,
     /// Options of every agent ever added, reused when it is restarted.
     pub(crate) agent_options: HashMap<String, AgentOptions>,
     pub(crate) processes: Mutex<Processes>,
@@ -58,7 +59,12 @@ impl Cluster {
 
     /// Builds the image, starts the manager with `manager_flags` and the
     /// named agents, and waits until they are READY.
-    pub(crate) async fn launch(manager_flags: Vec<String>, agent_names: &[&str]) -> Self {
+    pub(crate) async fn launch(
+        manager_flags: Vec<String>,
+        manager_env: Vec<(String, String)>,
+        agent_names: &[&str],
+        agent_options: AgentOptions,
+    ) -> Self {
         let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let image = tokio::task::block_in_place(|| TestImage::build(&run_id));
         let dir = tempfile::Builder::new()
@@ -70,6 +76,7 @@ impl Cluster {
             port: 0,
             admin_addr: None,
             manager_flags,
+            manager_env,
             agent_options: HashMap::new(),
             processes: Mutex::default(),
             client: Mutex::new(None),
@@ -78,7 +85,7 @@ impl Cluster {
         };
         cluster.start_manager(0);
         for name in agent_names {
-            cluster.add_agent(name);
+            cluster.add_agent_with(name, agent_options.clone());
         }
         cluster.wait_nodes_ready(agent_names.len()).await;
         cluster
@@ -113,8 +120,14 @@ impl Cluster {
     fn start_manager(&mut self, port: u16) {
         let args = manager_args(port, &self.manager_data_dir(), &self.manager_flags);
         let log = self.dir.path().join("manager.log");
-        let (mut process, stdout) =
-            ManagedProcess::spawn("manager", &binary(MANAGER), &args, &[], &log, true);
+        let (mut process, stdout) = ManagedProcess::spawn(
+            "manager",
+            &binary(MANAGER),
+            &args,
+            &self.manager_env,
+            &log,
+            true,
+        );
         let stdout = stdout.expect("manager stdout is piped");
         let lines = forward_lines(stdout, self.dir.path().join("manager.stdout.log"));
         let addrs = tokio::task::block_in_place(|| wait_listening(&lines, &mut process));

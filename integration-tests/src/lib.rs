@@ -12,6 +12,7 @@ pub mod docker;
 pub mod image;
 mod nodes;
 pub mod options;
+pub mod otlp;
 pub mod process;
 pub mod proxy;
 pub mod registry;

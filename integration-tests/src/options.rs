@@ -8,7 +8,9 @@ use crate::cluster::Cluster;
 #[derive(Debug, Default, Clone)]
 pub struct ClusterBuilder {
     manager_flags: Vec<String>,
+    manager_env: Vec<(String, String)>,
     agents: Vec<String>,
+    agent_options: AgentOptions,
 }
 
 impl ClusterBuilder {
@@ -17,6 +19,18 @@ impl ClusterBuilder {
     pub fn manager_flag(mut self, flag: &str, value: &str) -> Self {
         self.manager_flags.push(flag.to_string());
         self.manager_flags.push(value.to_string());
+        self
+    }
+
+    /// Sets an environment variable of the manager (also on restarts).
+    pub fn manager_env(mut self, key: &str, value: &str) -> Self {
+        self.manager_env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Sets an environment variable of every agent the builder starts.
+    pub fn agent_env(mut self, key: &str, value: &str) -> Self {
+        self.agent_options = self.agent_options.env(key, value);
         self
     }
 
@@ -30,7 +44,13 @@ impl ClusterBuilder {
     /// Builds the image, starts the manager and the agents.
     pub async fn start(self) -> Cluster {
         let names: Vec<&str> = self.agents.iter().map(String::as_str).collect();
-        Cluster::launch(self.manager_flags.clone(), &names).await
+        Cluster::launch(
+            self.manager_flags.clone(),
+            self.manager_env.clone(),
+            &names,
+            self.agent_options.clone(),
+        )
+        .await
     }
 }
 

@@ -5,12 +5,19 @@ use tokio::signal::unix::{signal, SignalKind};
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    minkube_common::telemetry::init(args.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("minkube-manager")
         .build()?;
-    rt.block_on(run(args))
+    // The span exporter's channel lives on this runtime.
+    let telemetry = {
+        let _rt = rt.enter();
+        minkube_common::telemetry::init(args.log_format, "minkube-manager")
+    };
+    let result = rt.block_on(run(args));
+    // The runtime's workers still run, so the last spans can be sent.
+    telemetry.shutdown();
+    result
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

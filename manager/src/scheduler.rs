@@ -2,9 +2,11 @@
 //! without the memory a task reserves. A task no node can take stays PENDING
 //! with a reason and is retried whenever capacity appears (a node connects,
 //! a task ends), so nothing waits forever for a poll.
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use minkube::pb::{self, NodeState, TaskState};
+use minkube_common::trace_context;
 
 use crate::state::State;
 use crate::store::Mutation;
@@ -148,22 +150,27 @@ pub fn schedule(st: &mut State, now: SystemTime, out: &mut Vec<Mutation>) -> Pas
         cands[i].free_mb = cands[i].free_mb.saturating_sub(need);
         st.rr_cursor = Some(node.name.clone());
         if let Some(e) = st.tasks.get(&id) {
+            // The decision is a span of the task's trace; the agent's work
+            // for this attempt continues from it.
+            let span =
+                tracing::info_span!("task.schedule", task_id = %id, attempt, node = %node.name);
+            trace_context::set_parent(&span, &e.trace_context);
             pass.placements.push(Placement {
                 node_id: node.id,
-                assignment: assignment_of(&e.task),
+                assignment: assignment_of(&e.task, trace_context::context_of(&span)),
             });
         }
     }
     pass
 }
 
-/// The assignment message for a placed task.
-pub fn assignment_of(task: &pb::Task) -> pb::Assignment {
+/// The assignment message for a placed task, under the given trace context.
+pub fn assignment_of(task: &pb::Task, trace_context: HashMap<String, String>) -> pb::Assignment {
     pb::Assignment {
         task_id: task.id.clone(),
         attempt: task.status.as_ref().map_or(0, |s| s.attempt),
         spec: task.spec.clone(),
-        trace_context: Default::default(),
+        trace_context,
     }
 }
 

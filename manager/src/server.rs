@@ -140,6 +140,7 @@ impl Manager {
             c.shutdown.cancel();
         };
         let server = tonic::transport::Server::builder()
+            .trace_fn(minkube_common::trace_context::grpc_server_span)
             .layer(crate::grpc_metrics::GrpcMetricsLayer)
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))

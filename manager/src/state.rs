@@ -20,6 +20,8 @@ pub struct TaskEntry {
     pub last_sequence: u64,
     /// Every event, oldest first.
     pub events: Vec<pb::TaskEvent>,
+    /// W3C trace context of the create request (empty if untraced).
+    pub trace_context: HashMap<String, String>,
 }
 
 impl TaskEntry {
@@ -44,6 +46,7 @@ impl TaskEntry {
         StoredTask {
             task: Some(self.task.clone()),
             last_sequence: self.last_sequence,
+            trace_context: self.trace_context.clone(),
         }
     }
 }
@@ -146,6 +149,7 @@ impl State {
                 task,
                 last_sequence: stored.last_sequence,
                 events,
+                trace_context: stored.trace_context,
             };
             let id = entry.task.id.clone();
             if needs_node(&entry) {
@@ -199,6 +203,16 @@ impl State {
 
     /// Adds a new PENDING task with its creation event.
     pub fn insert_task(&mut self, task: pb::Task, out: &mut Vec<Mutation>) {
+        self.insert_traced_task(task, HashMap::new(), out);
+    }
+
+    /// Adds a new task created under a trace (W3C context of the request).
+    pub fn insert_traced_task(
+        &mut self,
+        task: pb::Task,
+        trace_context: HashMap<String, String>,
+        out: &mut Vec<Mutation>,
+    ) {
         let event = pb::TaskEvent {
             id: uuid::Uuid::new_v4().to_string(),
             task_id: task.id.clone(),
@@ -212,6 +226,7 @@ impl State {
             task,
             last_sequence: 0,
             events: vec![event.clone()],
+            trace_context,
         };
         let id = entry.task.id.clone();
         out.push(Mutation::PutTask(Box::new(entry.stored())));

@@ -169,11 +169,14 @@ pub fn desired_for(st: &State, node_id: &str) -> (pb::DesiredSet, Vec<pb::StopOr
                 task_id: e.task.id.clone(),
                 attempt: s.attempt,
                 reason: "stopped by user".into(),
-                trace_context: Default::default(),
+                // A stop re-sent on reconnect continues the task's trace.
+                trace_context: e.trace_context.clone(),
             });
         } else {
-            set.assignments
-                .push(crate::scheduler::assignment_of(&e.task));
+            set.assignments.push(crate::scheduler::assignment_of(
+                &e.task,
+                e.trace_context.clone(),
+            ));
         }
     }
     (set, stops)

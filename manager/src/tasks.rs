@@ -3,7 +3,7 @@ use std::ops::Bound;
 
 use minkube::convert::now;
 use minkube::pb::{self, DesiredState, TaskState};
-use minkube_common::{paging, state_machine, validate};
+use minkube_common::{paging, state_machine, trace_context, validate};
 
 use crate::cluster::Cluster;
 use crate::error::ManagerError;
@@ -35,6 +35,14 @@ impl Cluster {
         let spec = spec.ok_or_else(|| ManagerError::BadRequest("spec: is required".into()))?;
         validate::validate_spec(&spec)?;
         let created = now();
+        // The request's span (a child of the caller's, if it sent one) is the
+        // parent of everything done for this task.
+        let trace_context = trace_context::current();
+        let trace_id = trace_context
+            .get(minkube::trace::TRACEPARENT)
+            .and_then(|tp| minkube::trace::trace_id_of_traceparent(tp))
+            .unwrap_or_default()
+            .to_string();
         let task = pb::Task {
             id: uuid::Uuid::now_v7().to_string(),
             spec: Some(spec),
@@ -46,15 +54,16 @@ impl Cluster {
             }),
             created_at: Some(created),
             updated_at: Some(created),
+            trace_id,
         };
         let stored = task.clone();
         self.write(move |st, out| {
-            st.insert_task(stored, out);
+            st.insert_traced_task(stored, trace_context, out);
             Ok(())
         })
         .await?;
         self.kick_scheduler();
-        tracing::info!(task_id = %task.id, "task created");
+        tracing::info!(task_id = %task.id, trace_id = %task.trace_id, "task created");
         Ok(task)
     }
 
@@ -169,7 +178,7 @@ impl Cluster {
                             task_id: id.to_string(),
                             attempt: status.attempt,
                             reason: "stopped by user".into(),
-                            trace_context: Default::default(),
+                            trace_context: trace_context::current(),
                         },
                     )
                 });

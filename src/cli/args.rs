@@ -28,6 +28,12 @@ pub struct Cli {
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// Trace this command: print its trace id on stderr and send the trace
+    /// context with every call, so the manager's and the agent's spans (and
+    /// the container's TRACEPARENT) join it. Spans are exported when
+    /// OTEL_EXPORTER_OTLP_ENDPOINT is set, with or without this flag.
+    #[arg(long, global = true)]
+    pub trace: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -71,6 +77,22 @@ pub enum Command {
     /// Inspect nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+}
+
+impl Command {
+    /// The command's name, for its span (`minkube run`, `minkube node get`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Run(_) => "run",
+            Command::Ps(_) => "ps",
+            Command::Get { .. } => "get",
+            Command::Events(_) => "events",
+            Command::Logs(_) => "logs",
+            Command::Stop { .. } => "stop",
+            Command::Nodes => "nodes",
+            Command::Node(NodeCommand::Get { .. }) => "node get",
+        }
+    }
 }
 
 /// Arguments of `minkube logs`.

@@ -3,11 +3,12 @@
 use std::future::Future;
 use std::time::Duration;
 
-use minkube::client::ControlClient;
+use minkube::client::TracedControlClient;
 use minkube::pb::{
     CreateTaskRequest, GetNodeRequest, GetTaskRequest, ListNodesRequest, ListNodesResponse,
     ListTasksRequest, ListTasksResponse, PortSpec, StopTaskRequest, Task, TaskSpec,
 };
+use minkube::trace::TraceHeaders;
 
 use super::args::{Output, PsArgs, RunArgs};
 use super::error::CliError;
@@ -18,15 +19,15 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A connected client plus what is needed to explain its failures.
 pub struct Session {
-    client: ControlClient,
+    client: TracedControlClient,
     manager: String,
 }
 
 impl Session {
-    /// Dials the manager.
-    pub async fn connect(manager: &str) -> Result<Self, CliError> {
+    /// Dials the manager; every call carries `trace` (the command's span).
+    pub async fn connect(manager: &str, trace: TraceHeaders) -> Result<Self, CliError> {
         minkube::client::endpoint(manager).map_err(CliError::BadAddress)?;
-        let client = minkube::client::control(manager)
+        let client = minkube::client::control_traced(manager, trace)
             .await
             .map_err(CliError::Connect)?;
         Ok(Session {
@@ -36,7 +37,7 @@ impl Session {
     }
 
     /// A client of the manager (clones share the connection).
-    pub fn client(&self) -> ControlClient {
+    pub fn client(&self) -> TracedControlClient {
         self.client.clone()
     }
 

@@ -124,6 +124,7 @@ pub fn task(t: &Task, events: &[TaskEvent]) -> String {
     b.add("Updated", time(t.updated_at.as_ref()));
     b.add("Started", time(status.started_at.as_ref()));
     b.add("Finished", time(status.finished_at.as_ref()));
+    b.add("Trace", t.trace_id.clone());
     format!("{}\nEVENTS\n{}", b.render(), table::events(events))
 }
 

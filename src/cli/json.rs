@@ -28,6 +28,9 @@ pub fn task(t: &Task) -> Value {
     put(&mut m, "status", t.status.as_ref().map(status));
     put(&mut m, "created_at", time(t.created_at.as_ref()));
     put(&mut m, "updated_at", time(t.updated_at.as_ref()));
+    if !t.trace_id.is_empty() {
+        m.insert("trace_id".into(), json!(t.trace_id));
+    }
     Value::Object(m)
 }
 
@@ -243,6 +246,7 @@ mod tests {
                 nanos: 500_000_000,
             }),
             updated_at: None,
+            trace_id: String::new(),
         }
     }
 

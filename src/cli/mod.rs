@@ -11,6 +11,7 @@ pub mod logs;
 pub mod names;
 pub mod table;
 pub mod timefmt;
+pub mod trace;
 pub mod watch;
 
 use std::io::Write;
@@ -19,9 +20,10 @@ use args::{Cli, Command, NodeCommand};
 use commands::Session;
 pub use error::CliError;
 
-/// Runs one parsed command line and writes its output to stdout.
-pub async fn run(cli: Cli) -> Result<(), CliError> {
-    let session = Session::connect(&cli.manager).await?;
+/// Runs one parsed command line and writes its output to stdout. Calls to
+/// the manager carry `trace`.
+pub async fn run(cli: Cli, trace: minkube::trace::TraceHeaders) -> Result<(), CliError> {
+    let session = Session::connect(&cli.manager, trace).await?;
     let out = cli.output;
     let text = match &cli.command {
         Command::Run(a) => commands::run(&session, a, out).await?,

@@ -1,12 +1,13 @@
 //! Manager messages: assignments, stop orders, the desired set and the
 //! full-sync snapshot.
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use minkube::convert::task_state_name;
 use minkube::pb::{self, TaskState};
+use minkube_common::trace_context;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument as _};
 
 use super::report::Report;
 
@@ -123,7 +124,7 @@ impl Reconciler {
             .map(|e| (e.rec.attempt(), e.rec.sequence));
         match known {
             Some((attempt, _)) if attempt == order.attempt => {
-                self.request_stop(&task_id, &order.reason);
+                self.request_stop(&task_id, &order.reason, &order.trace_context);
             }
             Some((attempt, _)) if attempt > order.attempt => {
                 debug!(task_id = %task_id, attempt = order.attempt, known = attempt, "ignoring a stop order for an older attempt");
@@ -143,14 +144,19 @@ impl Reconciler {
                 let generation = self.bump();
                 self.tasks
                     .insert(task_id.clone(), Entry::new(rec, generation));
-                self.request_stop(&task_id, &order.reason);
+                self.request_stop(&task_id, &order.reason, &order.trace_context);
             }
         }
     }
 
     /// Marks a task for stopping (with the reason its report will carry) and
     /// gets the stop going.
-    pub(super) fn request_stop(&mut self, task_id: &str, reason: &str) {
+    pub(super) fn request_stop(
+        &mut self,
+        task_id: &str,
+        reason: &str,
+        trace_context: &HashMap<String, String>,
+    ) {
         let Some(e) = self.tasks.get_mut(task_id) else {
             return;
         };
@@ -161,6 +167,7 @@ impl Reconciler {
         if !e.rec.stop_requested {
             e.rec.stop_requested = true;
             e.rec.stop_reason = reason.to_string();
+            e.rec.stop_trace_context = trace_context.clone();
             self.persist(task_id);
             self.touch(task_id);
         }
@@ -197,7 +204,7 @@ impl Reconciler {
             };
             if !e.rec.is_terminal() {
                 info!(task_id = %task_id, attempt = e.rec.attempt(), "task not in the desired set; stopping it");
-                self.request_stop(&task_id, NOT_DESIRED);
+                self.request_stop(&task_id, NOT_DESIRED, &Default::default());
             } else if e.synced_terminal && matches!(e.job, Job::Idle) {
                 // The manager has its end and no longer lists it.
                 self.forget(&task_id);
@@ -245,17 +252,29 @@ impl Reconciler {
         let progress = self.internal_tx.clone();
         let stop_timeout = self.settings.stop_timeout;
         self.touch(task_id);
-        self.jobs.spawn(async move {
-            let task_id = assignment.task_id.clone();
-            let attempt = assignment.attempt;
-            let outcome =
-                work::start(rt, node_id, assignment, stop_timeout, cancel_rx, progress).await;
-            JobResult::Start {
-                task_id,
-                attempt,
-                outcome,
+        // A child of the manager's scheduling span: the trace goes on here,
+        // and into the container through TRACEPARENT.
+        let span = tracing::info_span!(
+            "task.start",
+            task_id = %assignment.task_id,
+            attempt = assignment.attempt,
+            node_id = %node_id,
+        );
+        trace_context::set_parent(&span, &assignment.trace_context);
+        self.jobs.spawn(
+            async move {
+                let task_id = assignment.task_id.clone();
+                let attempt = assignment.attempt;
+                let outcome =
+                    work::start(rt, node_id, assignment, stop_timeout, cancel_rx, progress).await;
+                JobResult::Start {
+                    task_id,
+                    attempt,
+                    outcome,
+                }
             }
-        });
+            .instrument(span),
+        );
     }
 
     pub(super) fn spawn_stop(&mut self, task_id: &str) {
@@ -269,15 +288,20 @@ impl Reconciler {
         let node_id = self.node_id.clone();
         let timeout = self.settings.stop_timeout;
         let id = task_id.to_string();
+        let span = tracing::info_span!("task.stop", task_id = %id, attempt, node_id = %node_id);
+        trace_context::set_parent(&span, &e.rec.stop_trace_context);
         self.touch(task_id);
-        self.jobs.spawn(async move {
-            let outcome = work::stop(rt, node_id, id.clone(), attempt, known, timeout).await;
-            JobResult::Stop {
-                task_id: id,
-                attempt,
-                outcome,
+        self.jobs.spawn(
+            async move {
+                let outcome = work::stop(rt, node_id, id.clone(), attempt, known, timeout).await;
+                JobResult::Stop {
+                    task_id: id,
+                    attempt,
+                    outcome,
+                }
             }
-        });
+            .instrument(span),
+        );
     }
 
     pub(super) async fn on_stop_done(

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use minkube::pb;
 use minkube_common::retry::Backoff;
+use minkube_common::trace_context;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -97,7 +98,8 @@ pub(crate) async fn start(
     progress: mpsc::Sender<Internal>,
 ) -> StartOutcome {
     let spec = match ContainerSpec::for_assignment(&node_id, &assignment) {
-        Ok(spec) => spec,
+        // The container continues this job's trace.
+        Ok(spec) => spec.with_telemetry_env(&trace_context::current()),
         Err(e) => return StartOutcome::Failed(e),
     };
     let job = Start {

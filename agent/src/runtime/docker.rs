@@ -15,11 +15,12 @@ use bollard::Docker;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use minkube_common::labels;
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument as _};
 
 use super::docker_convert::{
     classify, event_time, info_from_inspect, pull_parts, ref_from_summary, task_labels,
 };
+use super::metered::docker_span;
 use super::{
     ContainerFilter, ContainerInfo, ContainerRef, ContainerSpec, ContainerStatus, EventKind,
     PortKey, Runtime, RuntimeError, RuntimeEvent,
@@ -212,8 +213,13 @@ impl Runtime for DockerRuntime {
     }
 
     async fn create_and_start(&self, spec: &ContainerSpec) -> Result<ContainerInfo, RuntimeError> {
-        let id = self.create(spec).await?;
-        if let Err(e) = self.docker.start_container(&id, None).await {
+        let id = self.create(spec).instrument(docker_span("create")).await?;
+        let started = self
+            .docker
+            .start_container(&id, None)
+            .instrument(docker_span("start"))
+            .await;
+        if let Err(e) = started {
             let err = classify("start the container", e);
             // It never ran, so it has no logs worth keeping.
             if let Err(re) = self.remove(&id).await {

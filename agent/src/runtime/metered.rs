@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use minkube::pb::FailureKind;
+use minkube_common::trace_context;
+use tracing::{Instrument as _, Span};
 
 use super::{
     ContainerFilter, ContainerInfo, ContainerRef, ContainerSpec, LogOptions, Runtime, RuntimeError,
@@ -26,12 +28,32 @@ fn outcome<T>(r: &Result<T, RuntimeError>) -> &'static str {
     }
 }
 
+/// A `docker.<op>` span, inside a task's start or stop only (see
+/// [`trace_context::inside_exported_span`]); a disabled span otherwise.
+pub(crate) fn docker_span(op: &'static str) -> Span {
+    if !trace_context::inside_exported_span() {
+        return Span::none();
+    }
+    tracing::info_span!(
+        "docker",
+        otel.name = %format_args!("docker.{op}"),
+        docker.operation = op,
+        otel.status_code = tracing::field::Empty,
+        error = tracing::field::Empty,
+    )
+}
+
 async fn timed<T>(
     op: &'static str,
     call: impl Future<Output = Result<T, RuntimeError>>,
 ) -> Result<T, RuntimeError> {
+    let span = docker_span(op);
     let start = Instant::now();
-    let r = call.await;
+    let r = call.instrument(span.clone()).await;
+    if let Err(e) = &r {
+        span.record("otel.status_code", "ERROR");
+        span.record("error", tracing::field::display(e));
+    }
     metrics::histogram!(
         "minkube_agent_docker_request_duration_seconds",
         "op" => op,

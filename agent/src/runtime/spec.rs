@@ -63,6 +63,74 @@ pub struct ContainerSpec {
     pub labels: HashMap<String, String>,
 }
 
+impl ContainerSpec {
+    /// Adds the OpenTelemetry variables an instrumented program in the
+    /// container reads: `TRACEPARENT`/`TRACESTATE` (the agent span that
+    /// started it, so the program continues the task's trace),
+    /// `OTEL_SERVICE_NAME` (the task's name) and `OTEL_RESOURCE_ATTRIBUTES`
+    /// naming the task, attempt and node. A variable the task's spec sets
+    /// itself is kept as given.
+    #[must_use]
+    pub fn with_telemetry_env(mut self, trace_context: &HashMap<String, String>) -> Self {
+        let label = |k: &str| self.labels.get(k).cloned().unwrap_or_default();
+        let name = label(labels::TASK_NAME);
+        let resource = [
+            ("minkube.task.id", label(labels::TASK_ID)),
+            ("minkube.task.name", name.clone()),
+            ("minkube.task.attempt", label(labels::ATTEMPT)),
+            ("minkube.node.id", label(labels::NODE_ID)),
+        ]
+        .iter()
+        .map(|(k, v)| format!("{k}={}", encode_attribute(v)))
+        .collect::<Vec<_>>()
+        .join(",");
+        let mut add = vec![
+            (
+                "OTEL_SERVICE_NAME".to_string(),
+                if name.is_empty() {
+                    "minkube-task".into()
+                } else {
+                    name
+                },
+            ),
+            ("OTEL_RESOURCE_ATTRIBUTES".to_string(), resource),
+        ];
+        for (header, var) in [("traceparent", "TRACEPARENT"), ("tracestate", "TRACESTATE")] {
+            if let Some(v) = trace_context.get(header).filter(|v| !v.is_empty()) {
+                add.push((var.to_string(), v.clone()));
+            }
+        }
+        for (k, v) in add {
+            let taken = self
+                .env
+                .iter()
+                .any(|e| e.split_once('=').is_some_and(|(name, _)| name == k));
+            if !taken {
+                self.env.push(format!("{k}={v}"));
+            }
+        }
+        self.env.sort();
+        self
+    }
+}
+
+/// Percent-encodes the characters `OTEL_RESOURCE_ATTRIBUTES` reserves.
+fn encode_attribute(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            ',' | '=' | '%' | ' ' | '"' | ';' | '\\' => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// `minkube-<name>-<8 chars of the task id>-<attempt>`. The id's tail is used
 /// because UUIDv7 ids share their leading (time) digits for about a minute,
 /// and exited containers are kept, so a leading prefix would collide.
@@ -216,5 +284,52 @@ mod tests {
     #[test]
     fn short_names_use_the_random_tail_of_the_id() {
         assert_eq!(container_name("a", "abc", 1), "minkube-a-abc-1");
+    }
+
+    #[test]
+    fn telemetry_env_continues_the_trace_and_names_the_task() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let trace = HashMap::from([("traceparent".to_string(), tp.to_string())]);
+        let c = ContainerSpec::for_assignment("node-1", &assignment())
+            .unwrap()
+            .with_telemetry_env(&trace);
+        assert!(c.env.contains(&format!("TRACEPARENT={tp}")));
+        assert!(c.env.contains(&"OTEL_SERVICE_NAME=web".to_string()));
+        let attrs = c
+            .env
+            .iter()
+            .find_map(|e| e.strip_prefix("OTEL_RESOURCE_ATTRIBUTES="))
+            .unwrap();
+        assert_eq!(
+            attrs,
+            "minkube.task.id=0190b6c2-1d2e-7abc-8def-0123456789ab,minkube.task.name=web,\
+             minkube.task.attempt=2,minkube.node.id=node-1"
+        );
+        assert!(c.env.windows(2).all(|w| w[0] <= w[1]), "env stays sorted");
+    }
+
+    #[test]
+    fn telemetry_env_keeps_what_the_spec_sets_and_skips_missing_trace() {
+        let mut a = assignment();
+        if let Some(s) = a.spec.as_mut() {
+            s.env.insert("OTEL_SERVICE_NAME".into(), "mine".into());
+        }
+        let c = ContainerSpec::for_assignment("n", &a)
+            .unwrap()
+            .with_telemetry_env(&HashMap::new());
+        assert!(c.env.contains(&"OTEL_SERVICE_NAME=mine".to_string()));
+        assert_eq!(
+            c.env
+                .iter()
+                .filter(|e| e.starts_with("OTEL_SERVICE_NAME="))
+                .count(),
+            1
+        );
+        assert!(!c.env.iter().any(|e| e.starts_with("TRACEPARENT=")));
+    }
+
+    #[test]
+    fn resource_attribute_values_are_encoded() {
+        assert_eq!(encode_attribute("a,b=c d%"), "a%2Cb%3Dc%20d%25");
     }
 }

@@ -200,7 +200,7 @@ mod tests {
                 id: id.into(),
                 ..Default::default()
             }),
-            last_sequence: 0,
+            ..Default::default()
         }))
     }
 

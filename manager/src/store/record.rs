@@ -11,4 +11,8 @@ pub struct StoredTask {
     /// repeated updates are ignored.
     #[prost(uint64, tag = "2")]
     pub last_sequence: u64,
+    /// W3C trace context of the request that created the task: the parent
+    /// of its scheduling spans and of the agent's work for it.
+    #[prost(map = "string, string", tag = "3")]
+    pub trace_context: std::collections::HashMap<String, String>,
 }
