@@ -11,4 +11,7 @@ pub mod telemetry;
 pub mod trace_context;
 pub mod validate;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 pub use minkube::pb;

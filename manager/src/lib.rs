@@ -21,5 +21,8 @@ pub mod store;
 pub mod tasks;
 pub mod watch;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 pub use config::Args;
 pub use server::{Manager, ServeError};

@@ -1,6 +1,8 @@
 //! Applying what agents report: the state machine is driven by their
 //! updates, never by the manager guessing. Stale and duplicate updates are
 //! dropped by (attempt, sequence).
+use std::borrow::Cow;
+
 use minkube::convert::task_state_name;
 use minkube::pb::{self, DesiredState, FailureKind, TaskState};
 use minkube_common::state_machine;
@@ -20,6 +22,41 @@ pub enum Applied {
     Unchanged,
     /// Ignored: unknown task, other node, old attempt or stale sequence.
     Ignored(&'static str),
+}
+
+/// Longest reason kept from an agent; longer ones are cut (an agent must
+/// not be able to grow the store with one update).
+pub const MAX_REASON_BYTES: usize = 1024;
+/// Longest container id accepted (Docker's are 64 hex digits).
+pub const MAX_CONTAINER_ID_BYTES: usize = 128;
+/// Most host ports kept per update (a spec has at most 64 ports, each bound
+/// on IPv4 and IPv6).
+pub const MAX_REPORTED_PORTS: usize = 128;
+
+/// The update with its free-text fields cut to bounds, or why it is refused.
+fn bounded(u: &pb::TaskStatusUpdate) -> Result<Cow<'_, pb::TaskStatusUpdate>, &'static str> {
+    if u.container_id.len() > MAX_CONTAINER_ID_BYTES {
+        return Err("container id too long");
+    }
+    let long_host = |p: &pb::PortBinding| p.host_ip.len() > 64;
+    if u.reason.len() <= MAX_REASON_BYTES
+        && u.ports.len() <= MAX_REPORTED_PORTS
+        && !u.ports.iter().any(long_host)
+    {
+        return Ok(Cow::Borrowed(u));
+    }
+    let mut v = u.clone();
+    if v.reason.len() > MAX_REASON_BYTES {
+        let mut cut = MAX_REASON_BYTES;
+        while !v.reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        v.reason.truncate(cut);
+        v.reason.push_str("...");
+    }
+    v.ports.truncate(MAX_REPORTED_PORTS);
+    v.ports.retain(|p| !long_host(p));
+    Ok(Cow::Owned(v))
 }
 
 fn fill(status: &mut pb::TaskStatus, u: &pb::TaskStatusUpdate) {
@@ -49,6 +86,11 @@ pub fn apply_update(
     u: &pb::TaskStatusUpdate,
     out: &mut Vec<Mutation>,
 ) -> Applied {
+    let u = match bounded(u) {
+        Ok(u) => u,
+        Err(why) => return Applied::Ignored(why),
+    };
+    let u = u.as_ref();
     let Some(e) = st.tasks.get_mut(&u.task_id) else {
         return Applied::Ignored("unknown task");
     };
