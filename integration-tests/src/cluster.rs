@@ -197,6 +197,16 @@ impl Cluster {
         });
     }
 
+    /// The pid of the running manager.
+    pub fn manager_pid(&self) -> u32 {
+        let procs = self.processes.lock().unwrap();
+        procs
+            .manager
+            .as_ref()
+            .and_then(ManagedProcess::pid)
+            .expect("the manager is not running")
+    }
+
     /// The pid of the running agent named `name`.
     pub fn agent_pid(&self, name: &str) -> u32 {
         let procs = self.processes.lock().unwrap();

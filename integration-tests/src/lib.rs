@@ -15,6 +15,7 @@ pub mod options;
 pub mod otlp;
 pub mod process;
 pub mod proxy;
+pub mod raw;
 pub mod registry;
 mod report;
 pub mod signal;

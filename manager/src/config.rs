@@ -62,6 +62,27 @@ pub struct Args {
     /// Largest accepted request message, in bytes.
     #[arg(long, env = "MINKUBE_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_request_bytes: usize,
+    /// Requests per second one client (by IP address) may make on average;
+    /// more get RESOURCE_EXHAUSTED. 0 turns the limit off.
+    #[arg(long, env = "MINKUBE_RATE_LIMIT", default_value_t = 2000)]
+    pub rate_limit: u32,
+    /// Requests a client may make at once above its rate.
+    #[arg(long, env = "MINKUBE_RATE_BURST", default_value_t = 4000)]
+    pub rate_burst: u32,
+    /// Unary calls served at once over all clients; more get
+    /// RESOURCE_EXHAUSTED at once instead of waiting.
+    #[arg(long, env = "MINKUBE_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+    /// Longest a unary call may run before it ends with DEADLINE_EXCEEDED.
+    #[arg(long, env = "MINKUBE_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Concurrent HTTP/2 streams (calls) per client connection.
+    #[arg(
+        long,
+        env = "MINKUBE_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 256
+    )]
+    pub max_streams_per_connection: u32,
     /// How long shutdown waits for streams and writes to finish.
     #[arg(long, env = "MINKUBE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,

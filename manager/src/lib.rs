@@ -8,6 +8,7 @@ pub mod dispatcher;
 pub mod error;
 pub mod grpc_metrics;
 pub mod introspection;
+pub mod limits;
 pub mod liveness;
 pub mod logs;
 pub mod nodes;

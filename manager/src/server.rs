@@ -142,6 +142,17 @@ impl Manager {
         let server = tonic::transport::Server::builder()
             .trace_fn(minkube_common::trace_context::grpc_server_span)
             .layer(crate::grpc_metrics::GrpcMetricsLayer)
+            .layer(crate::limits::AdmissionLayer::new(crate::limits::Limits {
+                rate_per_client: args.rate_limit,
+                burst: args.rate_burst,
+                max_in_flight: args.max_in_flight,
+            }))
+            .timeout(args.request_timeout)
+            .max_concurrent_streams(Some(args.max_streams_per_connection))
+            // Flow-control windows bound what one connection can make the
+            // manager buffer (a flood waits in the client, not here).
+            .initial_stream_window_size(Some(1024 * 1024))
+            .initial_connection_window_size(Some(4 * 1024 * 1024))
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
