@@ -103,7 +103,7 @@ async fn a_flooding_client_is_limited_while_another_is_served() {
     let flood = {
         let client = cluster.control().await;
         tokio::spawn(async move {
-            let calls = futures_calls(client, 1000);
+            let calls = list_calls(client, 1000);
             let mut codes: HashMap<Code, usize> = HashMap::new();
             for c in calls.await {
                 *codes.entry(c).or_default() += 1;
@@ -140,10 +140,10 @@ async fn a_flooding_client_is_limited_while_another_is_served() {
 }
 
 /// `n` ListTasks calls on `client`, 32 in flight; their status codes.
-async fn futures_calls(client: minkube::client::ControlClient, n: usize) -> Vec<Code> {
+async fn list_calls(client: minkube::client::ControlClient, n: usize) -> Vec<Code> {
     let mut codes = Vec::with_capacity(n);
     let mut set = tokio::task::JoinSet::new();
-    for i in 0..n {
+    for _ in 0..n {
         if set.len() >= 32 {
             if let Some(r) = set.join_next().await {
                 codes.push(r.unwrap());
@@ -151,7 +151,6 @@ async fn futures_calls(client: minkube::client::ControlClient, n: usize) -> Vec<
         }
         let mut c = client.clone();
         set.spawn(async move {
-            let _ = i;
             match c.list_tasks(ListTasksRequest::default()).await {
                 Ok(_) => Code::Ok,
                 Err(s) => s.code(),
