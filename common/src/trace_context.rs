@@ -29,6 +29,12 @@ const STREAMING_METHODS: &[&str] = &[
     "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 ];
 
+/// Whether the gRPC method at `path` (`/pkg.Service/Method`, leading slash
+/// optional) is a call that lasts as long as a session or a watch.
+pub fn is_long_lived_stream(path: &str) -> bool {
+    STREAMING_METHODS.contains(&path.trim_start_matches('/'))
+}
+
 /// Whether the current span is one of [`EXPORTED_SPANS`]: sub-operations
 /// (e.g. Docker calls) get spans of their own only inside such a span, so
 /// background work does not start a trace of its own.
@@ -45,7 +51,7 @@ pub fn inside_exported_span() -> bool {
 pub fn grpc_server_span<B>(req: &tonic::codegen::http::Request<B>) -> Span {
     let path = req.uri().path().trim_start_matches('/');
     let (service, method) = path.split_once('/').unwrap_or((path, ""));
-    if STREAMING_METHODS.contains(&path) {
+    if is_long_lived_stream(path) {
         return tracing::info_span!("grpc.stream", rpc.service = %service, rpc.method = %method);
     }
     let span = tracing::info_span!(

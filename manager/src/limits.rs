@@ -12,20 +12,12 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use minkube_common::trace_context;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tonic::codegen::http;
 use tonic::transport::server::TcpConnectInfo;
 use tower::{Layer, Service};
-
-/// Calls that last as long as a session or a watch: not rate limited
-/// per message, not counted as in flight (they have caps of their own).
-const STREAMS: &[&str] = &[
-    "/minkube.v1.AgentService/Connect",
-    "/minkube.v1.ControlService/WatchTasks",
-    "/minkube.v1.ControlService/TaskLogs",
-    "/grpc.health.v1.Health/Watch",
-];
 
 /// Most distinct clients tracked; beyond it idle buckets are dropped.
 const MAX_TRACKED_CLIENTS: usize = 10_000;
@@ -194,7 +186,8 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let path = req.uri().path();
-        let stream = STREAMS.contains(&path);
+        // Session- and watch-long calls have caps of their own.
+        let stream = trace_context::is_long_lived_stream(path);
         let client = req
             .extensions()
             .get::<TcpConnectInfo>()
