@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/minkube/v1/node.proto",
         "proto/minkube/v1/control.proto",
         "proto/minkube/v1/agent.proto",
+        "proto/minkube/v1/access.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -157,6 +157,14 @@ note "built $image (label $image_label)"
 # ------------------------------------------------------------------ cluster
 section "manager"
 mkdir -p "$work"
+# A secured cluster: CA, server certificate, admin token and join token.
+"$bin_dir/minkube-manager" init --data-dir "$work/manager" >"$work/init.out" \
+    || die "minkube-manager init failed"
+admin_token=$(sed -n '/^admin token/{n;s/^ *//;p;}' "$work/init.out")
+join_token=$(sed -n '/^join token/{n;s/^ *//;p;}' "$work/init.out")
+[[ -n $admin_token && -n $join_token ]] || die "minkube-manager init printed no tokens"
+export MINKUBE_CA_CERT="$work/manager/pki/ca.pem" MINKUBE_TOKEN="$admin_token"
+note "cluster CA in $MINKUBE_CA_CERT; the CLI uses the admin token (MINKUBE_TOKEN)"
 "$bin_dir/minkube-manager" --port 0 --admin-port 0 --data-dir "$work/manager" \
     >"$work/manager.out" 2>"$work/manager.log" &
 manager_pid=$!
@@ -171,7 +179,9 @@ done
 note "minkube-manager (pid $manager_pid) listening on $addr"
 
 section "agent"
+# First start: joins with the join token and keeps its node certificate.
 "$bin_dir/minkube-agent" --admin-port 0 --name demo-node --data-dir "$work/agent" --manager "$addr" \
+    --ca-cert "$MINKUBE_CA_CERT" --join-token "$join_token" \
     >"$work/agent.out" 2>"$work/agent.log" &
 agent_pid=$!
 deadline=$((SECONDS + start_timeout))
@@ -186,8 +196,15 @@ while ((SECONDS < deadline)); do
     sleep 0.5
 done
 $ready || die "node demo-node was not ready within ${start_timeout}s"
-note "minkube-agent (pid $agent_pid) registered demo-node"
+note "minkube-agent (pid $agent_pid) joined over TLS and registered demo-node"
 mk nodes
+mk whoami
+note "a token may only do what its role allows:"
+viewer_token=$(mk token create demo-viewer --role viewer)
+if MINKUBE_TOKEN="$viewer_token" mk run denied --image "$image" -- true 2>"$work/denied.err"; then
+    die "a viewer token could run a task"
+fi
+sed 's/^/  /' "$work/denied.err"
 
 # ------------------------------------------------------------------ tasks
 section "a task that prints and exits 0"

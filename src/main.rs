@@ -34,8 +34,7 @@ fn run(args: cli::args::Cli) -> anyhow::Result<()> {
             eprintln!("trace id: {id}");
         }
     }
-    let headers = trace.headers();
-    let result = rt.block_on(cli::run(args, headers));
+    let result = rt.block_on(cli::run(args, trace.context().clone()));
     trace.finish(result.as_ref().err().map(ToString::to_string));
     result?;
     Ok(())

@@ -6,7 +6,6 @@
 //! maps of `Assignment` and `StopOrder` (manager -> agent, one context per
 //! message, since one stream carries the work of many traces).
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
@@ -43,7 +42,7 @@ pub fn inject_metadata(cx: &Context, metadata: &mut MetadataMap) {
     insert_all(&to_map(cx), metadata);
 }
 
-fn insert_all(map: &HashMap<String, String>, metadata: &mut MetadataMap) {
+pub(crate) fn insert_all(map: &HashMap<String, String>, metadata: &mut MetadataMap) {
     for (k, v) in map {
         if let (Ok(key), Ok(value)) = (
             MetadataKey::from_bytes(k.as_bytes()),
@@ -78,25 +77,6 @@ impl Extractor for HeaderExtractor<'_> {
     }
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(|k| k.as_str()).collect()
-    }
-}
-
-/// A client interceptor adding fixed W3C headers to every request: the CLI
-/// sends all calls of one command under the command's span.
-#[derive(Debug, Clone, Default)]
-pub struct TraceHeaders(Arc<HashMap<String, String>>);
-
-impl TraceHeaders {
-    /// Headers naming `cx` as the parent (none when `cx` has no valid span).
-    pub fn for_context(cx: &Context) -> Self {
-        Self(Arc::new(to_map(cx)))
-    }
-}
-
-impl tonic::service::Interceptor for TraceHeaders {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        insert_all(&self.0, req.metadata_mut());
-        Ok(req)
     }
 }
 
@@ -177,21 +157,6 @@ mod tests {
         assert!(to_map(&Context::new()).is_empty());
         let bad = HashMap::from([(TRACEPARENT.to_string(), "00-zz-yy-01".to_string())]);
         assert_eq!(trace_id(&from_map(&bad)), None);
-    }
-
-    #[test]
-    fn interceptor_adds_traceparent_metadata() {
-        use tonic::service::Interceptor as _;
-        let mut headers = TraceHeaders::for_context(&remote());
-        let req = headers.call(tonic::Request::new(())).unwrap();
-        let got = req.metadata().get(TRACEPARENT).unwrap().to_str().unwrap();
-        assert!(got.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
-        let mut none = TraceHeaders::default();
-        assert!(none
-            .call(tonic::Request::new(()))
-            .unwrap()
-            .metadata()
-            .is_empty());
     }
 
     #[test]

@@ -15,6 +15,20 @@ pub struct Args {
     #[arg(long, env = "MINKUBE_MANAGER", default_value = "127.0.0.1:7070")]
     pub manager: String,
 
+    /// CA certificate (PEM) of the cluster: the manager is verified against
+    /// it (pki/ca.pem from `minkube-manager init`).
+    #[arg(long, env = "MINKUBE_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Join token, needed on the first start only (the node certificate it
+    /// earns is kept in the data dir).
+    #[arg(long, env = "MINKUBE_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+
+    /// Talk plaintext to a manager started with --insecure (no certificates).
+    #[arg(long, env = "MINKUBE_INSECURE")]
+    pub insecure: bool,
+
     /// Unique node name [default: the host name].
     #[arg(long, env = "MINKUBE_NODE_NAME")]
     pub name: Option<String>,

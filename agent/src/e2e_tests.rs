@@ -29,6 +29,15 @@ struct FakeManager {
 
 #[tonic::async_trait]
 impl AgentService for FakeManager {
+    async fn join(
+        &self,
+        _request: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        Err(Status::failed_precondition(
+            "this test manager is plaintext",
+        ))
+    }
+
     async fn register(
         &self,
         request: Request<pb::RegisterRequest>,
@@ -171,6 +180,7 @@ async fn sessions_register_sync_run_stop_and_reconnect() {
     let agent = tokio::spawn(serve(
         args,
         "w1".into(),
+        None,
         store,
         Arc::new(rt.clone()),
         PathBuf::from("/"),

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod hoststats;
 pub mod identity;
+pub mod join;
 pub mod local_store;
 pub mod reconciler;
 pub mod runtime;
@@ -98,6 +99,11 @@ pub async fn run(
         ))
     })?;
     let store = LocalStore::open(&args.data_dir)?;
+    let tls = match join::transport(&args, &name, &mut stop_rx).await? {
+        join::Transport::Plaintext => None,
+        join::Transport::Tls(tls) => Some(*tls),
+        join::Transport::Stopped => return Ok(()),
+    };
     let Some(docker) = connect_docker(&args, &mut stop_rx).await? else {
         return Ok(());
     };
@@ -107,7 +113,7 @@ pub async fn run(
         () = stopped(&mut stop_rx) => return Ok(()),
     };
     let runtime: Arc<dyn Runtime> = Arc::new(Metered::new(Arc::new(docker)));
-    serve(args, name, store, runtime, disk_path, admin, stop_rx).await
+    serve(args, name, tls, store, runtime, disk_path, admin, stop_rx).await
 }
 
 /// The HTTP admin endpoint (/metrics, /healthz, /readyz), bound by `main`
@@ -145,9 +151,11 @@ fn spawn_admin(
 /// Everything after the checks: registration, the reconciler and the
 /// session loop, until `stop_rx` turns true. `disk_path` is the directory
 /// whose filesystem the heartbeats' disk statistics describe.
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     args: Args,
     name: String,
+    tls: Option<tonic::transport::ClientTlsConfig>,
     store: LocalStore,
     runtime: Arc<dyn Runtime>,
     disk_path: PathBuf,
@@ -164,6 +172,7 @@ async fn serve(
         capacity,
         version: env!("CARGO_PKG_VERSION").to_string(),
         data_dir: args.data_dir.clone(),
+        tls,
     };
     let node_id = match identity::load_node_id(&args.data_dir)? {
         Some(id) => id,

@@ -8,6 +8,7 @@ pub mod paging;
 pub mod retry;
 pub mod state_machine;
 pub mod telemetry;
+pub mod tls;
 pub mod trace_context;
 pub mod validate;
 

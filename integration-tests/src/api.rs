@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use minkube::client::ControlClient;
+use minkube::client::{CallMetadata, TracedControlClient};
 use minkube::pb::{
     CreateTaskRequest, GetTaskRequest, GetTaskResponse, ListNodesRequest, ListTasksRequest,
     ListTasksResponse, Node, NodeState, StopTaskRequest, Task, TaskSpec, TaskState, TaskStatus,
@@ -16,15 +16,42 @@ use crate::wait::{wait_for, POLL};
 
 impl Cluster {
     /// A gRPC client of the manager (cached until the manager restarts).
-    pub async fn control(&self) -> ControlClient {
+    pub async fn control(&self) -> TracedControlClient {
         if let Some(c) = self.client.lock().unwrap().clone() {
             return c;
         }
-        let c = minkube::client::control(&self.addr())
+        let (tls, metadata) = self.credentials(
+            &self
+                .security
+                .as_ref()
+                .map_or(String::new(), |s| s.admin_token.clone()),
+        );
+        let channel = minkube::client::channel_with(&self.addr(), tls.as_ref())
             .await
             .unwrap_or_else(|e| panic!("cannot connect to the manager: {e}"));
+        let c = minkube::pb::control_service_client::ControlServiceClient::with_interceptor(
+            channel, metadata,
+        );
         *self.client.lock().unwrap() = Some(c.clone());
         c
+    }
+
+    /// TLS settings (secured cluster) and call metadata carrying `token`
+    /// (if not empty), for clients a test builds itself.
+    pub fn credentials(
+        &self,
+        token: &str,
+    ) -> (Option<tonic::transport::ClientTlsConfig>, CallMetadata) {
+        let tls = self.security.as_ref().map(|s| {
+            let ca = std::fs::read_to_string(&s.ca_path).expect("the cluster CA is readable");
+            minkube_common::tls::client_config(&ca, None)
+        });
+        let metadata = if token.is_empty() {
+            CallMetadata::default()
+        } else {
+            CallMetadata::default().with_bearer(token)
+        };
+        (tls, metadata)
     }
 
     /// A spec running `cmd` in the test image with 16 MB and the run label.

@@ -17,6 +17,10 @@ impl Cluster {
     /// Runs the CLI with extra environment variables.
     pub async fn cli_env(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
         let mut cmd = tokio::process::Command::new(binary(CLI));
+        if let Some(s) = &self.security {
+            cmd.env("MINKUBE_CA_CERT", &s.ca_path)
+                .env("MINKUBE_TOKEN", &s.admin_token);
+        }
         cmd.envs(env.iter().copied())
             .arg("--manager")
             .arg(self.addr())

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use minkube::client::ControlClient;
+use minkube::client::TracedControlClient;
 use tempfile::TempDir;
 
 use crate::binaries::{binary, AGENT, MANAGER};
@@ -27,6 +27,30 @@ pub(crate) struct Processes {
     pub(crate) agents: Vec<AgentProcess>,
 }
 
+/// What `minkube-manager init` printed for a secured cluster.
+#[derive(Debug, Clone)]
+pub struct Security {
+    /// The cluster CA certificate.
+    pub ca_path: PathBuf,
+    /// Secret of the `admin` token.
+    pub admin_token: String,
+    /// The join token.
+    pub join_token: String,
+}
+
+/// The indented line after the line starting with `label` in `init`'s output.
+fn value_after(text: &str, label: &str) -> String {
+    let mut lines = text.lines();
+    lines
+        .by_ref()
+        .find(|l| l.starts_with(label))
+        .unwrap_or_else(|| panic!("no {label:?} in init's output: {text}"));
+    lines
+        .next()
+        .map(|l| l.trim().to_string())
+        .unwrap_or_else(|| panic!("nothing after {label:?} in init's output: {text}"))
+}
+
 /// A manager, its agents and the run's image.
 pub struct Cluster {
     pub(crate) run_id: String,
@@ -38,7 +62,9 @@ pub struct Cluster {
     /// Options of every agent ever added, reused when it is restarted.
     pub(crate) agent_options: HashMap<String, AgentOptions>,
     pub(crate) processes: Mutex<Processes>,
-    pub(crate) client: Mutex<Option<ControlClient>>,
+    pub(crate) client: Mutex<Option<TracedControlClient>>,
+    /// Set for a secured cluster.
+    pub(crate) security: Option<Security>,
     // Dropped after the processes are killed (see Drop): removes the run's
     // containers, then the image.
     pub(crate) image: TestImage,
@@ -64,6 +90,7 @@ impl Cluster {
         manager_env: Vec<(String, String)>,
         agent_names: &[&str],
         agent_options: AgentOptions,
+        secure: bool,
     ) -> Self {
         let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let image = tokio::task::block_in_place(|| TestImage::build(&run_id));
@@ -80,9 +107,13 @@ impl Cluster {
             agent_options: HashMap::new(),
             processes: Mutex::default(),
             client: Mutex::new(None),
+            security: None,
             image,
             dir,
         };
+        if secure {
+            cluster.security = Some(cluster.init());
+        }
         cluster.start_manager(0);
         for name in agent_names {
             cluster.add_agent_with(name, agent_options.clone());
@@ -115,10 +146,43 @@ impl Cluster {
         self.dir.path().join("manager")
     }
 
+    /// Runs `minkube-manager init` on the manager's data dir.
+    fn init(&self) -> Security {
+        let out = std::process::Command::new(binary(MANAGER))
+            .arg("init")
+            .arg("--data-dir")
+            .arg(self.manager_data_dir())
+            .output()
+            .expect("minkube-manager init runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "minkube-manager init failed: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Security {
+            ca_path: self.manager_data_dir().join("pki/ca.pem"),
+            admin_token: value_after(&text, "admin token"),
+            join_token: value_after(&text, "join token"),
+        }
+    }
+
+    /// The secured cluster's CA and tokens (panics on a plaintext cluster).
+    pub fn security(&self) -> &Security {
+        self.security
+            .as_ref()
+            .expect("the cluster is not secured: build it with .secure()")
+    }
+
     /// Starts the manager on `port` (0: any free port) and records the port
     /// it reports.
     fn start_manager(&mut self, port: u16) {
-        let args = manager_args(port, &self.manager_data_dir(), &self.manager_flags);
+        let args = manager_args(
+            port,
+            &self.manager_data_dir(),
+            self.security.is_some(),
+            &self.manager_flags,
+        );
         let log = self.dir.path().join("manager.log");
         let (mut process, stdout) = ManagedProcess::spawn(
             "manager",
@@ -180,7 +244,16 @@ impl Cluster {
     /// (kept for [`Cluster::restart_agent`]).
     pub fn add_agent_with(&mut self, name: &str, options: AgentOptions) {
         let data = self.dir.path().join(format!("agent-{name}"));
-        let args = options.args(name, &self.addr(), &data);
+        let ca = self
+            .security
+            .as_ref()
+            .map(|s| s.ca_path.display().to_string());
+        let security = self
+            .security
+            .as_ref()
+            .zip(ca.as_deref())
+            .map(|(s, ca)| (ca, s.join_token.as_str()));
+        let args = options.args(name, &self.addr(), &data, security);
         let log = self.dir.path().join(format!("agent-{name}.log"));
         let (process, _) = ManagedProcess::spawn(
             &format!("agent {name}"),
@@ -195,6 +268,45 @@ impl Cluster {
             name: name.to_string(),
             process,
         });
+    }
+
+    /// Waits until the agent named `name` exits on its own; its status.
+    pub async fn wait_agent_exit(
+        &self,
+        name: &str,
+        timeout: std::time::Duration,
+    ) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            {
+                let mut procs = self.processes.lock().unwrap();
+                let agent = procs
+                    .agents
+                    .iter_mut()
+                    .rev()
+                    .find(|a| a.name == name)
+                    .unwrap_or_else(|| panic!("no agent named {name}"));
+                if let Some(status) = agent.process.exit_status() {
+                    return status;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "agent {name} still runs after {timeout:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The manager's log so far.
+    pub fn manager_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("manager.log")).unwrap_or_default()
+    }
+
+    /// The log of the agent named `name` so far.
+    pub fn agent_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("agent-{name}.log")))
+            .unwrap_or_default()
     }
 
     /// The pid of the running manager.

@@ -11,6 +11,7 @@ pub struct ClusterBuilder {
     manager_env: Vec<(String, String)>,
     agents: Vec<String>,
     agent_options: AgentOptions,
+    secure: bool,
 }
 
 impl ClusterBuilder {
@@ -19,6 +20,14 @@ impl ClusterBuilder {
     pub fn manager_flag(mut self, flag: &str, value: &str) -> Self {
         self.manager_flags.push(flag.to_string());
         self.manager_flags.push(value.to_string());
+        self
+    }
+
+    /// A secured cluster: `minkube-manager init` first, then the manager
+    /// serves TLS with authentication, agents join with the join token, and
+    /// the cluster's client and CLI use the CA and the admin token.
+    pub fn secure(mut self) -> Self {
+        self.secure = true;
         self
     }
 
@@ -49,6 +58,7 @@ impl ClusterBuilder {
             self.manager_env.clone(),
             &names,
             self.agent_options.clone(),
+            self.secure,
         )
         .await
     }
@@ -98,9 +108,17 @@ impl AgentOptions {
     /// from a periodic re-list; busybox as PID 1 ignores SIGTERM, so stops
     /// are kept short. Flags set with [`AgentOptions::flag`] replace these
     /// defaults (clap refuses a flag given twice).
-    pub(crate) fn args(&self, name: &str, manager: &str, data_dir: &Path) -> Vec<String> {
+    /// `security` holds the secured cluster's `(--ca-cert, --join-token)`;
+    /// without it the agent gets `--insecure`.
+    pub(crate) fn args(
+        &self,
+        name: &str,
+        manager: &str,
+        data_dir: &Path,
+        security: Option<(&str, &str)>,
+    ) -> Vec<String> {
         let data_dir = data_dir.display().to_string();
-        let defaults = [
+        let mut defaults = vec![
             ("--manager", self.manager.as_deref().unwrap_or(manager)),
             ("--name", name),
             ("--data-dir", data_dir.as_str()),
@@ -109,19 +127,31 @@ impl AgentOptions {
             // Tests run in parallel: any free port for the admin endpoint.
             ("--admin-port", "0"),
         ];
+        if let Some((ca, join)) = security {
+            defaults.extend([("--ca-cert", ca), ("--join-token", join)]);
+        }
         let overridden = |flag: &str| self.flags.iter().step_by(2).any(|f| f == flag);
         let mut args: Vec<String> = defaults
             .iter()
             .filter(|(flag, _)| !overridden(flag))
             .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
             .collect();
+        if security.is_none() {
+            args.push("--insecure".into());
+        }
         args.extend(self.flags.iter().cloned());
         args
     }
 }
 
-/// The manager's command line: loopback, `port`, `data_dir`, then `extra`.
-pub(crate) fn manager_args(port: u16, data_dir: &Path, extra: &[String]) -> Vec<String> {
+/// The manager's command line: loopback, `port`, `data_dir`, plaintext
+/// unless `secure`, then `extra`.
+pub(crate) fn manager_args(
+    port: u16,
+    data_dir: &Path,
+    secure: bool,
+    extra: &[String],
+) -> Vec<String> {
     let mut args = vec![
         "--host".to_string(),
         "127.0.0.1".to_string(),
@@ -130,6 +160,9 @@ pub(crate) fn manager_args(port: u16, data_dir: &Path, extra: &[String]) -> Vec<
         "--data-dir".to_string(),
         data_dir.display().to_string(),
     ];
+    if !secure {
+        args.push("--insecure".to_string());
+    }
     // Tests run in parallel: the admin endpoint takes any free port too.
     if !extra.iter().any(|a| a == "--admin-port") {
         args.extend(["--admin-port".to_string(), "0".to_string()]);

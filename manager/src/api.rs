@@ -8,10 +8,13 @@ use minkube::pb::{
 };
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::access::identity_of;
+use crate::auth::Identity;
 use crate::cluster::Cluster;
 use crate::dispatcher::{self, DownStream};
 use crate::error::ManagerError;
 use crate::logs::TaskLogStream;
+use crate::pki::Pki;
 use crate::tasks::TaskFilter;
 use crate::watch::{WatchFilter, WatchStream};
 
@@ -173,21 +176,54 @@ impl ControlService for ControlApi {
 #[derive(Clone)]
 pub struct AgentApi {
     cluster: Arc<Cluster>,
+    /// The cluster CA; None on a plaintext (`--insecure`) manager.
+    pki: Option<Arc<Pki>>,
 }
 
 impl AgentApi {
-    /// Wraps the cluster.
-    pub fn new(cluster: Arc<Cluster>) -> Self {
-        Self { cluster }
+    /// Wraps the cluster; `pki` signs the certificates of joining nodes.
+    pub fn new(cluster: Arc<Cluster>, pki: Option<Arc<Pki>>) -> Self {
+        Self { cluster, pki }
     }
 }
 
 #[tonic::async_trait]
 impl AgentService for AgentApi {
+    async fn join(
+        &self,
+        req: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        let Some(pki) = &self.pki else {
+            return Err(ManagerError::NotSecured(
+                "this manager serves plaintext without authentication (--insecure): agents connect with --insecure, no join needed".into(),
+            )
+            .into());
+        };
+        let r = req.into_inner();
+        self.cluster.check_join(&r.join_token, &r.name)?;
+        let certificate_pem = pki
+            .sign_node(&r.csr_pem, &r.name)
+            .map_err(ManagerError::from)?;
+        tracing::info!(node = %r.name, "node joined: certificate issued");
+        Ok(Response::new(pb::JoinResponse {
+            certificate_pem,
+            ca_pem: pki.ca_pem().to_string(),
+        }))
+    }
+
     async fn register(
         &self,
         req: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        if let Identity::Node { name } = identity_of(&req) {
+            if req.get_ref().name != name {
+                return Err(ManagerError::PermissionDenied(format!(
+                    "this agent's certificate names node {name:?}; it cannot register as {:?}",
+                    req.get_ref().name
+                ))
+                .into());
+            }
+        }
         let node_id = self.cluster.register(req.into_inner()).await?;
         Ok(Response::new(pb::RegisterResponse { node_id }))
     }
@@ -198,7 +234,13 @@ impl AgentService for AgentApi {
         &self,
         req: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        let stream = dispatcher::open_session(Arc::clone(&self.cluster), req.into_inner()).await?;
+        let certified = match identity_of(&req) {
+            Identity::Node { name } => Some(name),
+            _ => None,
+        };
+        let stream =
+            dispatcher::open_session(Arc::clone(&self.cluster), req.into_inner(), certified)
+                .await?;
         Ok(Response::new(stream))
     }
 }

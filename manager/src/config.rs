@@ -30,13 +30,21 @@ pub struct Args {
     /// Port of the HTTP admin endpoint (0 picks a free port; it is printed).
     #[arg(long, env = "MINKUBE_ADMIN_PORT", default_value_t = 7071)]
     pub admin_port: u16,
-    /// Directory of the embedded store.
+    /// Directory of the embedded store (and of the cluster CA, pki/).
     #[arg(
         long,
+        global = true,
         env = "MINKUBE_DATA_DIR",
         default_value = "/var/lib/minkube/manager"
     )]
     pub data_dir: PathBuf,
+    /// Serve plaintext gRPC without authentication: anyone who reaches the
+    /// port is admin. For loopback demos and tests only.
+    #[arg(long, env = "MINKUBE_INSECURE")]
+    pub insecure: bool,
+    /// One-off commands instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Heartbeat interval agents are told to use.
     #[arg(long, env = "MINKUBE_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
@@ -115,4 +123,17 @@ mod tests {
         assert_eq!(a.log_format, LogFormat::Json);
         assert!(Args::try_parse_from(["m", "--log-format", "xml"]).is_err());
     }
+}
+
+/// `minkube-manager <command>`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Create the cluster CA and server certificate in <data dir>/pki, an
+    /// admin token and a join token; print what to copy where.
+    Init {
+        /// Another name or address the manager is reached by (repeat);
+        /// localhost, 127.0.0.1, ::1 and the host name are always included.
+        #[arg(long = "san", value_name = "NAME_OR_IP")]
+        san: Vec<String>,
+    },
 }

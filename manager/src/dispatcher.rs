@@ -23,6 +23,7 @@ pub type DownStream = ReceiverStream<Result<pb::ManagerMessage, Status>>;
 pub async fn open_session(
     cluster: Arc<Cluster>,
     mut inbound: Streaming<pb::AgentMessage>,
+    certified_name: Option<String>,
 ) -> Result<DownStream, ManagerError> {
     let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
         .await
@@ -38,6 +39,19 @@ pub async fn open_session(
             ))
         }
     };
+    if let Some(cert_name) = &certified_name {
+        // The session is bound to the node the certificate names.
+        let named = cluster
+            .lock()
+            .nodes
+            .get(&node_id)
+            .map(|n| n.node.name.clone());
+        if named.as_ref() != Some(cert_name) {
+            return Err(ManagerError::PermissionDenied(format!(
+                "this agent's certificate names node {cert_name:?}; it cannot open a session for node id {node_id:?}"
+            )));
+        }
+    }
     let (tx, rx) = mpsc::channel(cluster.config.session_buffer.max(1));
     let welcome = pb::Welcome {
         node_id: node_id.clone(),
@@ -50,37 +64,44 @@ pub async fn open_session(
         msg: Some(pb::manager_message::Msg::Welcome(welcome)),
     }))
     .map_err(|_| ManagerError::Protocol("could not queue Welcome".into()))?;
+    let down = tx.clone();
     let session = cluster.attach_session(&node_id, tx)?;
     tracing::info!(node_id = %node_id, session = session.id, "agent session open");
     let c = Arc::clone(&cluster);
     cluster.tasks.spawn(async move {
-        read_loop(&c, &node_id, &mut inbound, &session.cancel).await;
+        if let Err(status) = read_loop(&c, &node_id, &mut inbound, &session.cancel).await {
+            tracing::warn!(node_id = %node_id, error = %status.message(), "agent session closed for a protocol violation");
+            let _ = down.send(Err(status)).await;
+        }
+        drop(down);
         c.detach_session(&node_id, session.id);
         c.logs.session_ended(&node_id, session.id);
     });
     Ok(ReceiverStream::new(rx))
 }
 
+/// Reads the agent's messages until the stream or the session ends; an
+/// error is the status to end the session with.
 async fn read_loop(
     cluster: &Cluster,
     node_id: &str,
     inbound: &mut Streaming<pb::AgentMessage>,
     cancel: &tokio_util::sync::CancellationToken,
-) {
+) -> Result<(), Status> {
     loop {
         let next = tokio::select! {
-            () = cancel.cancelled() => return,
+            () = cancel.cancelled() => return Ok(()),
             m = inbound.message() => m,
         };
         let mut msg = match next {
             Ok(Some(m)) => m,
             Ok(None) => {
                 tracing::info!(node_id, "agent closed its stream");
-                return;
+                return Ok(());
             }
             Err(s) => {
                 tracing::info!(node_id, error = %s.message(), "agent stream broke");
-                return;
+                return Ok(());
             }
         };
         let stats = match &mut msg.msg {
@@ -90,11 +111,11 @@ async fn read_loop(
         cluster.heartbeat(node_id, stats);
         match msg.msg {
             Some(Msg::Heartbeat(_)) | None => {}
-            Some(Msg::Status(batch)) => {
-                if let Err(e) = cluster.apply_status(node_id, batch).await {
-                    tracing::error!(node_id, error = %e, "cannot apply status batch");
-                }
-            }
+            Some(Msg::Status(batch)) => match cluster.apply_status(node_id, batch).await {
+                Ok(()) => {}
+                Err(e @ ManagerError::PermissionDenied(_)) => return Err(e.into()),
+                Err(e) => tracing::error!(node_id, error = %e, "cannot apply status batch"),
+            },
             Some(Msg::Ack(a)) => {
                 tracing::debug!(node_id, task_id = %a.task_id, attempt = a.attempt, "assignment acknowledged");
             }

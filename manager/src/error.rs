@@ -53,6 +53,24 @@ pub enum ManagerError {
         /// The limit.
         limit: usize,
     },
+    /// A token with that name exists.
+    #[error("a token named {0:?} exists: pick another name, or revoke it first")]
+    TokenExists(String),
+    /// No token with that name.
+    #[error("no token named {0:?} (list them with `minkube token list`)")]
+    TokenNotFound(String),
+    /// Credentials missing or wrong (e.g. a rotated join token).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller may not do this (e.g. a node acting for another node).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The operation needs TLS, and the manager serves plaintext.
+    #[error("{0}")]
+    NotSecured(String),
+    /// The cluster CA failed.
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
     /// Storage failed or is shutting down.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -63,7 +81,13 @@ impl From<ManagerError> for Status {
         let code = match &e {
             ManagerError::Invalid(_) | ManagerError::BadRequest(_) => Code::InvalidArgument,
             ManagerError::TaskNotFound(_) | ManagerError::NodeNotFound(_) => Code::NotFound,
-            ManagerError::NameTaken { .. } => Code::AlreadyExists,
+            ManagerError::NameTaken { .. } | ManagerError::TokenExists(_) => Code::AlreadyExists,
+            ManagerError::TokenNotFound(_) => Code::NotFound,
+            ManagerError::Unauthenticated(_) => Code::Unauthenticated,
+            ManagerError::PermissionDenied(_) => Code::PermissionDenied,
+            ManagerError::NotSecured(_) => Code::FailedPrecondition,
+            ManagerError::Pki(crate::pki::PkiError::BadCsr(_)) => Code::InvalidArgument,
+            ManagerError::Pki(_) => Code::Internal,
             ManagerError::Protocol(_)
             | ManagerError::Transition(_)
             | ManagerError::NoContainer(_) => Code::FailedPrecondition,

@@ -10,9 +10,10 @@ use tonic_health::ServingStatus;
 use crate::api::{AgentApi, ControlApi};
 
 /// Health names: the overall status ("") and each minkube service.
-fn service_names() -> [&'static str; 3] {
+fn service_names() -> [&'static str; 4] {
     [
         "",
+        <minkube::pb::access_service_server::AccessServiceServer<crate::access::AccessApi> as NamedService>::NAME,
         <ControlServiceServer<ControlApi> as NamedService>::NAME,
         <AgentServiceServer<AgentApi> as NamedService>::NAME,
     ]
@@ -79,7 +80,12 @@ mod tests {
     fn names_are_the_proto_services() {
         assert_eq!(
             service_names(),
-            ["", "minkube.v1.ControlService", "minkube.v1.AgentService"]
+            [
+                "",
+                "minkube.v1.AccessService",
+                "minkube.v1.ControlService",
+                "minkube.v1.AgentService"
+            ]
         );
     }
 

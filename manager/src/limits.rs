@@ -16,7 +16,7 @@ use minkube_common::trace_context;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tonic::codegen::http;
-use tonic::transport::server::TcpConnectInfo;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 
 /// Most distinct clients tracked; beyond it idle buckets are dropped.
@@ -123,8 +123,18 @@ pub struct Admission<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// The address of the client of a request, over plaintext or TLS.
+pub fn peer_addr(ext: &http::Extensions) -> Option<std::net::SocketAddr> {
+    ext.get::<TcpConnectInfo>()
+        .or_else(|| {
+            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+                .map(TlsConnectInfo::get_ref)
+        })
+        .and_then(TcpConnectInfo::remote_addr)
+}
+
 /// A trailers-only gRPC answer with `code` and `message`.
-fn refusal<RB: Default>(code: tonic::Code, message: &str) -> http::Response<RB> {
+pub fn refusal<RB: Default>(code: tonic::Code, message: &str) -> http::Response<RB> {
     let mut res = http::Response::new(RB::default());
     let headers = res.headers_mut();
     headers.insert(
@@ -188,11 +198,7 @@ where
         let path = req.uri().path();
         // Session- and watch-long calls have caps of their own.
         let stream = trace_context::is_long_lived_stream(path);
-        let client = req
-            .extensions()
-            .get::<TcpConnectInfo>()
-            .and_then(TcpConnectInfo::remote_addr)
-            .map(|a| a.ip());
+        let client = peer_addr(req.extensions()).map(|a| a.ip());
         if let (Some(buckets), Some(client)) = (&self.layer.buckets, client) {
             if !buckets.take(client, Instant::now()) {
                 metrics::counter!("minkube_manager_requests_refused_total", "reason" => "rate_limited")

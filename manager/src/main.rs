@@ -5,6 +5,11 @@ use tokio::signal::unix::{signal, SignalKind};
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(minkube_manager::config::Command::Init { san }) = &args.command {
+        let done = minkube_manager::init::init(&args.data_dir, san)?;
+        print!("{}", done.instructions(&args.data_dir));
+        return Ok(());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("minkube-manager")

@@ -9,14 +9,18 @@ use minkube::pb::control_service_server::ControlServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::access::AccessApi;
 use crate::api::{AgentApi, ControlApi};
+use crate::auth::layer::AuthLayer;
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::Args;
 use crate::error::ManagerError;
 use crate::introspection;
+use crate::pki::Pki;
 use crate::policy::RetryTimings;
 use crate::store::{RedbStore, Store};
 use metrics_exporter_prometheus::PrometheusHandle;
+use minkube::pb::access_service_server::AccessServiceServer;
 use minkube_common::admin;
 use minkube_common::retry::Backoff;
 
@@ -48,6 +52,8 @@ pub enum ServeError {
 /// A started manager: store loaded, ports bound, not yet serving.
 pub struct Manager {
     cluster: Arc<Cluster>,
+    /// The cluster CA; None with `--insecure`.
+    pki: Option<Arc<Pki>>,
     listener: TcpListener,
     admin: TcpListener,
     args: Args,
@@ -56,6 +62,18 @@ pub struct Manager {
 impl Manager {
     /// Opens the store in `args.data_dir`, loads it and binds the port.
     pub async fn start(args: Args) -> Result<Self, ServeError> {
+        let pki = if args.insecure {
+            tracing::warn!(
+                "--insecure: serving plaintext gRPC WITHOUT authentication; anyone who reaches {}:{} can run containers",
+                args.host,
+                args.port
+            );
+            None
+        } else {
+            Some(Arc::new(
+                Pki::load(&args.data_dir).map_err(ManagerError::from)?,
+            ))
+        };
         let store: Arc<dyn Store> =
             Arc::new(RedbStore::open(&args.data_dir).map_err(ManagerError::from)?);
         let config = ClusterConfig {
@@ -81,6 +99,7 @@ impl Manager {
         let admin = admin::bind(&args.admin_host, args.admin_port).await?;
         Ok(Self {
             cluster,
+            pki,
             listener,
             admin,
             args,
@@ -107,6 +126,7 @@ impl Manager {
     ) -> Result<(), ServeError> {
         let Self {
             cluster,
+            pki,
             listener,
             admin,
             args,
@@ -123,7 +143,9 @@ impl Manager {
         let limit = args.max_request_bytes;
         let control = ControlServiceServer::new(ControlApi::new(Arc::clone(&cluster)))
             .max_decoding_message_size(limit);
-        let agent = AgentServiceServer::new(AgentApi::new(Arc::clone(&cluster)))
+        let agent = AgentServiceServer::new(AgentApi::new(Arc::clone(&cluster), pki.clone()))
+            .max_decoding_message_size(limit);
+        let access = AccessServiceServer::new(AccessApi::new(Arc::clone(&cluster)))
             .max_decoding_message_size(limit);
         let (health, health_service) = introspection::health().await;
         let reflection_v1 = introspection::reflection_v1()?;
@@ -139,7 +161,11 @@ impl Manager {
             // graceful stop does not wait on them forever.
             c.shutdown.cancel();
         };
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(pki) = &pki {
+            builder = builder.tls_config(pki.server_tls())?;
+        }
+        let server = builder
             .trace_fn(minkube_common::trace_context::grpc_server_span)
             .layer(crate::grpc_metrics::GrpcMetricsLayer)
             .layer(crate::limits::AdmissionLayer::new(crate::limits::Limits {
@@ -147,6 +173,7 @@ impl Manager {
                 burst: args.rate_burst,
                 max_in_flight: args.max_in_flight,
             }))
+            .layer(AuthLayer::new(Arc::clone(&cluster), pki.is_some()))
             .timeout(args.request_timeout)
             .max_concurrent_streams(Some(args.max_streams_per_connection))
             // Flow-control windows bound what one connection can make the
@@ -158,6 +185,7 @@ impl Manager {
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(control)
             .add_service(agent)
+            .add_service(access)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

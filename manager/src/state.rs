@@ -123,13 +123,21 @@ pub struct State {
     active: HashMap<String, BTreeSet<String>>,
     /// Name of the node that got the last placement (round-robin cursor).
     pub rr_cursor: Option<String>,
+    /// API tokens and the join token.
+    pub access: crate::auth::tokens::AccessState,
 }
 
 impl State {
     /// Rebuilds the model from the store. Nodes start disconnected: no
     /// stream survives a manager restart.
     pub fn from_snapshot(snap: Snapshot) -> Self {
-        let mut st = State::default();
+        let mut st = State {
+            access: crate::auth::tokens::AccessState::from_stored(
+                snap.tokens,
+                snap.join_token_sha256,
+            ),
+            ..State::default()
+        };
         for mut node in snap.nodes {
             node.set_state(pb::NodeState::Disconnected);
             st.nodes.insert(
@@ -572,6 +580,7 @@ mod tests {
                 state: pb::NodeState::Ready as i32,
                 ..Default::default()
             }],
+            ..Snapshot::default()
         };
         let re = State::from_snapshot(snap);
         assert!(re.unplaced.contains("a") && !re.unplaced.contains("b"));

@@ -22,6 +22,9 @@ pub enum Applied {
     Unchanged,
     /// Ignored: unknown task, other node, old attempt or stale sequence.
     Ignored(&'static str),
+    /// The node reported an attempt that was never placed on it: not a
+    /// stale report but one node speaking for another.
+    Forbidden,
 }
 
 /// Longest reason kept from an agent; longer ones are cut (an agent must
@@ -96,7 +99,17 @@ pub fn apply_update(
     };
     let status = e.status();
     if status.node_id != node_id {
-        return Applied::Ignored("task is placed on another node");
+        // A node that once ran this attempt may still report it (e.g. after
+        // a partition); one that never did is speaking for another node.
+        let ran_it = e
+            .events
+            .iter()
+            .any(|ev| ev.attempt == u.attempt && ev.node_id == node_id);
+        return if ran_it {
+            Applied::Ignored("task is placed on another node")
+        } else {
+            Applied::Forbidden
+        };
     }
     if u.attempt != status.attempt {
         return Applied::Ignored("update for another attempt");
@@ -233,11 +246,15 @@ impl Cluster {
         batch: pb::StatusBatch,
     ) -> Result<(), ManagerError> {
         let full_sync = batch.full_sync;
-        let (freed, follow_up) = self
+        let (freed, follow_up, forbidden) = self
             .write(|st, out| {
                 let mut freed = false;
+                let mut forbidden = None;
                 for u in &batch.updates {
                     let applied = apply_update(st, node_id, &self.config.retry, u, out);
+                    if applied == Applied::Forbidden {
+                        forbidden.get_or_insert_with(|| u.task_id.clone());
+                    }
                     if let Applied::Ignored(why) = applied {
                         tracing::debug!(node_id, task_id = %u.task_id, why, "update ignored");
                     }
@@ -247,9 +264,14 @@ impl Cluster {
                         );
                 }
                 let follow_up = full_sync.then(|| desired_for(st, node_id));
-                Ok((freed, follow_up))
+                Ok((freed, follow_up, forbidden))
             })
             .await?;
+        if let Some(task_id) = forbidden {
+            return Err(ManagerError::PermissionDenied(format!(
+                "node {node_id} reported task {task_id}, which was never placed on it: the session is closed"
+            )));
+        }
         if freed {
             self.kick_scheduler();
         }
@@ -336,14 +358,36 @@ mod tests {
     }
 
     #[test]
+    fn a_node_that_once_had_the_attempt_is_ignored_not_refused() {
+        let mut st = State::default();
+        placed(&mut st, "t", "n1");
+        // The attempt moved on (e.g. n1 was lost); n1 reports late.
+        if let Some(e) = st.tasks.get_mut("t") {
+            e.task.status.get_or_insert_with(Default::default).node_id = "n2".into();
+        }
+        let mut out = Vec::new();
+        assert_eq!(
+            apply_update(
+                &mut st,
+                "n1",
+                &T,
+                &update("t", 1, TaskState::Running),
+                &mut out
+            ),
+            Applied::Ignored("task is placed on another node")
+        );
+    }
+
+    #[test]
     fn ignores_other_nodes_attempts_and_impossible_changes() {
         let mut st = State::default();
         placed(&mut st, "t", "n1");
         let mut out = Vec::new();
         let u = update("t", 1, TaskState::Running);
+        // n2 never had this attempt: it speaks for another node.
         assert_eq!(
             apply_update(&mut st, "n2", &T, &u, &mut out),
-            Applied::Ignored("task is placed on another node")
+            Applied::Forbidden
         );
         let mut old = u.clone();
         old.attempt = 7;

@@ -28,6 +28,13 @@ pub struct Cli {
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// CA certificate (PEM) of the cluster: talk TLS to the manager and
+    /// verify it against this CA. `minkube-manager init` wrote it as pki/ca.pem.
+    #[arg(long, global = true, env = "MINKUBE_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// Bearer token (from `minkube-manager init` or `minkube token create`).
+    #[arg(long, global = true, env = "MINKUBE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Trace this command: print its trace id on stderr and send the trace
     /// context with every call, so the manager's and the agent's spans (and
     /// the container's TRACEPARENT) join it. Spans are exported when
@@ -77,6 +84,54 @@ pub enum Command {
     /// Inspect nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Manage API tokens and the join token (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Show who the manager takes this caller for, and its role.
+    Whoami,
+}
+
+/// `minkube token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; prints its secret once.
+    Create {
+        /// Unique name, e.g. ci or alice.
+        name: String,
+        /// What it may do.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token: it stops working at once.
+    Revoke {
+        /// Token name.
+        name: String,
+    },
+    /// Replace the join token; prints the new one. The old one stops working.
+    RotateJoin,
+}
+
+/// A token's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    /// Read, watch, logs.
+    Viewer,
+    /// Viewer plus run and stop.
+    Operator,
+    /// Operator plus tokens.
+    Admin,
+}
+
+impl From<RoleArg> for minkube::pb::Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Viewer => Self::Viewer,
+            RoleArg::Operator => Self::Operator,
+            RoleArg::Admin => Self::Admin,
+        }
+    }
 }
 
 impl Command {
@@ -91,6 +146,11 @@ impl Command {
             Command::Stop { .. } => "stop",
             Command::Nodes => "nodes",
             Command::Node(NodeCommand::Get { .. }) => "node get",
+            Command::Token(TokenCommand::Create { .. }) => "token create",
+            Command::Token(TokenCommand::List) => "token list",
+            Command::Token(TokenCommand::Revoke { .. }) => "token revoke",
+            Command::Token(TokenCommand::RotateJoin) => "token rotate-join",
+            Command::Whoami => "whoami",
         }
     }
 }

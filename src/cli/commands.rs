@@ -3,12 +3,12 @@
 use std::future::Future;
 use std::time::Duration;
 
-use minkube::client::TracedControlClient;
+use minkube::client::{AccessClient, CallMetadata, TracedControlClient};
 use minkube::pb::{
     CreateTaskRequest, GetNodeRequest, GetTaskRequest, ListNodesRequest, ListNodesResponse,
     ListTasksRequest, ListTasksResponse, PortSpec, StopTaskRequest, Task, TaskSpec,
 };
-use minkube::trace::TraceHeaders;
+use tonic::transport::ClientTlsConfig;
 
 use super::args::{Output, PsArgs, RunArgs};
 use super::error::CliError;
@@ -20,18 +20,32 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connected client plus what is needed to explain its failures.
 pub struct Session {
     client: TracedControlClient,
+    access: AccessClient,
     manager: String,
 }
 
 impl Session {
-    /// Dials the manager; every call carries `trace` (the command's span).
-    pub async fn connect(manager: &str, trace: TraceHeaders) -> Result<Self, CliError> {
+    /// Dials the manager (over TLS when `tls` is given); every call carries
+    /// `metadata` (token, the command's span).
+    pub async fn connect(
+        manager: &str,
+        tls: Option<&ClientTlsConfig>,
+        metadata: CallMetadata,
+    ) -> Result<Self, CliError> {
         minkube::client::endpoint(manager).map_err(CliError::BadAddress)?;
-        let client = minkube::client::control_traced(manager, trace)
+        let channel = minkube::client::channel_with(manager, tls)
             .await
             .map_err(CliError::Connect)?;
+        let client = minkube::pb::control_service_client::ControlServiceClient::with_interceptor(
+            channel.clone(),
+            metadata.clone(),
+        );
+        let access = minkube::pb::access_service_client::AccessServiceClient::with_interceptor(
+            channel, metadata,
+        );
         Ok(Session {
             client,
+            access,
             manager: manager.to_string(),
         })
     }
@@ -39,6 +53,11 @@ impl Session {
     /// A client of the manager (clones share the connection).
     pub fn client(&self) -> TracedControlClient {
         self.client.clone()
+    }
+
+    /// A client of the access API (clones share the connection).
+    pub fn access(&self) -> AccessClient {
+        self.access.clone()
     }
 
     /// The status error of a call to this manager.

@@ -28,6 +28,15 @@ pub enum CliError {
     Malformed(&'static str),
     /// Writing the output failed.
     Output(String),
+    /// A file named by a flag could not be read.
+    File {
+        /// The flag.
+        flag: &'static str,
+        /// The path.
+        path: String,
+        /// Why.
+        error: String,
+    },
 }
 
 impl std::fmt::Display for CliError {
@@ -47,6 +56,9 @@ impl std::fmt::Display for CliError {
             ),
             CliError::Status { manager, status } => {
                 write!(f, "{}", status_text(status))?;
+                if status.code() == Code::Unauthenticated {
+                    write!(f, "; pass a token with --token or MINKUBE_TOKEN")?;
+                }
                 // An offline node is not a manager problem: its message says so.
                 if status.code() == Code::Unavailable && !status.message().starts_with("node ") {
                     write!(f, "; is minkube-manager running at {manager}?")?;
@@ -63,6 +75,9 @@ impl std::fmt::Display for CliError {
                 "the manager's answer has no {what}; is the manager the same version as this CLI?"
             ),
             CliError::Output(e) => write!(f, "cannot write output: {e}"),
+            CliError::File { flag, path, error } => {
+                write!(f, "cannot read {path} (given by {flag}): {error}")
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The `minkube` command line: argument parsing, calls to the manager's
 //! ControlService and the table/JSON rendering of the answers.
+pub mod access;
 pub mod args;
 pub mod commands;
 pub mod detail;
@@ -21,9 +22,17 @@ use commands::Session;
 pub use error::CliError;
 
 /// Runs one parsed command line and writes its output to stdout. Calls to
-/// the manager carry `trace`.
-pub async fn run(cli: Cli, trace: minkube::trace::TraceHeaders) -> Result<(), CliError> {
-    let session = Session::connect(&cli.manager, trace).await?;
+/// the manager carry the token and `trace` (the command's span).
+pub async fn run(cli: Cli, trace: opentelemetry::Context) -> Result<(), CliError> {
+    let mut metadata = minkube::client::CallMetadata::default().with_trace(&trace);
+    if let Some(token) = cli.token.as_deref().filter(|t| !t.trim().is_empty()) {
+        metadata = metadata.with_bearer(token);
+    }
+    let tls = match &cli.ca_cert {
+        Some(path) => Some(client_tls(path)?),
+        None => None,
+    };
+    let session = Session::connect(&cli.manager, tls.as_ref(), metadata).await?;
     let out = cli.output;
     let text = match &cli.command {
         Command::Run(a) => commands::run(&session, a, out).await?,
@@ -44,8 +53,21 @@ pub async fn run(cli: Cli, trace: minkube::trace::TraceHeaders) -> Result<(), Cl
         Command::Stop { id } => commands::stop(&session, id, out).await?,
         Command::Nodes => commands::nodes(&session, out).await?,
         Command::Node(NodeCommand::Get { node }) => commands::node_get(&session, node, out).await?,
+        Command::Token(t) => access::token(&session, t, out).await?,
+        Command::Whoami => access::whoami(&session, out).await?,
     };
     write_stdout(&text)
+}
+
+/// TLS settings that verify the manager against the CA in `path`.
+fn client_tls(path: &std::path::Path) -> Result<tonic::transport::ClientTlsConfig, CliError> {
+    let pem = std::fs::read_to_string(path).map_err(|e| CliError::File {
+        flag: "--ca-cert",
+        path: path.display().to_string(),
+        error: e.to_string(),
+    })?;
+    Ok(tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(pem)))
 }
 
 /// Writes to stdout; a closed pipe (e.g. `minkube ps | head`) is not an error.

@@ -49,6 +49,8 @@ pub struct SessionConfig {
     pub version: String,
     /// Where the node id is kept.
     pub data_dir: PathBuf,
+    /// Mutual TLS settings; None for a plaintext (`--insecure`) manager.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// The session's ends of the reconciler's channels.
@@ -115,8 +117,8 @@ fn backoff() -> Backoff {
     Backoff::default()
 }
 
-async fn client(manager: &str) -> Result<AgentClient, SessionError> {
-    let channel = minkube::client::channel(manager).await?;
+async fn client(cfg: &SessionConfig) -> Result<AgentClient, SessionError> {
+    let channel = minkube::client::channel_with(&cfg.manager, cfg.tls.as_ref()).await?;
     Ok(AgentClient::new(channel).max_decoding_message_size(MAX_DECODING_BYTES))
 }
 
@@ -184,7 +186,7 @@ pub async fn register_first(
     let mut failures = 0u32;
     loop {
         let attempt = async {
-            let mut client = client(&cfg.manager).await?;
+            let mut client = client(cfg).await?;
             let id = register(&mut client, cfg, "").await?;
             identity::save_node_id(&cfg.data_dir, &id)?;
             Ok::<_, SessionError>(id)

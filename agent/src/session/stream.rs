@@ -82,7 +82,7 @@ pub(super) async fn run_one(
     links: &mut Links,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
-    let mut client = drain_while(client(&cfg.manager), &mut links.outbound, shutdown).await??;
+    let mut client = drain_while(client(cfg), &mut links.outbound, shutdown).await??;
     let registered = register(&mut client, cfg, node_id);
     let id = drain_while(registered, &mut links.outbound, shutdown).await??;
     if id != *node_id {

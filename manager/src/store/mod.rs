@@ -11,7 +11,7 @@ mod record;
 mod redb_store;
 
 pub use committer::{CommitPermit, Committer};
-pub use record::StoredTask;
+pub use record::{StoredTask, StoredToken};
 pub use redb_store::RedbStore;
 
 /// One change to persist.
@@ -32,6 +32,12 @@ pub enum Mutation {
     },
     /// Insert or replace a node.
     PutNode(Box<pb::Node>),
+    /// Insert or replace an API token.
+    PutToken(Box<StoredToken>),
+    /// Remove an API token by name.
+    DeleteToken(String),
+    /// Replace the join token (its hex SHA-256).
+    PutJoinToken(String),
 }
 
 /// Everything the store holds, read once at start-up.
@@ -41,6 +47,10 @@ pub struct Snapshot {
     pub tasks: Vec<(StoredTask, Vec<pb::TaskEvent>)>,
     /// Nodes.
     pub nodes: Vec<pb::Node>,
+    /// API tokens, by name.
+    pub tokens: Vec<StoredToken>,
+    /// Hex SHA-256 of the join token, once `init` made one.
+    pub join_token_sha256: Option<String>,
 }
 
 /// A storage failure. The message says which operation failed.

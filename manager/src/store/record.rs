@@ -16,3 +16,20 @@ pub struct StoredTask {
     #[prost(map = "string, string", tag = "3")]
     pub trace_context: std::collections::HashMap<String, String>,
 }
+
+/// An API token as stored: never its secret, only the secret's SHA-256.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StoredToken {
+    /// Unique name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// `pb::Role` value.
+    #[prost(int32, tag = "2")]
+    pub role: i32,
+    /// Hex SHA-256 of the secret.
+    #[prost(string, tag = "3")]
+    pub sha256: String,
+    /// When it was created.
+    #[prost(message, optional, tag = "4")]
+    pub created_at: Option<prost_types::Timestamp>,
+}

@@ -6,12 +6,17 @@ use minkube::pb;
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Mutation, Snapshot, Store, StoreError, StoredTask};
+use super::{Mutation, Snapshot, Store, StoreError, StoredTask, StoredToken};
 
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 /// Key: (task id, event index).
 const EVENTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("events");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+/// API tokens by name (hashed secrets only).
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+/// Single values: the join token's hash.
+const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
+const JOIN_TOKEN_KEY: &str = "join_token_sha256";
 
 /// redb-backed [`Store`].
 pub struct RedbStore {
@@ -55,6 +60,10 @@ impl RedbStore {
             .map_err(|e| backend("open table")(e.into()))?;
         txn.open_table(NODES)
             .map_err(|e| backend("open table")(e.into()))?;
+        txn.open_table(TOKENS)
+            .map_err(|e| backend("open table")(e.into()))?;
+        txn.open_table(SETTINGS)
+            .map_err(|e| backend("open table")(e.into()))?;
         txn.commit().map_err(|e| backend("commit")(e.into()))?;
         Ok(Self { db })
     }
@@ -89,6 +98,16 @@ impl RedbStore {
                 .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
             snap.nodes.push(node);
         }
+        for item in txn.open_table(TOKENS)?.iter()? {
+            let (k, v) = item?;
+            let token = decode::<StoredToken>(&format!("tokens/{}", k.value()), v.value())
+                .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+            snap.tokens.push(token);
+        }
+        snap.join_token_sha256 = txn
+            .open_table(SETTINGS)?
+            .get(JOIN_TOKEN_KEY)?
+            .map(|v| v.value().to_string());
         Ok(snap)
     }
 
@@ -119,6 +138,18 @@ impl RedbStore {
                     }
                     Mutation::PutNode(n) => {
                         nodes.insert(n.id.as_str(), n.encode_to_vec().as_slice())?;
+                    }
+                    // Rare: their tables are opened only when needed.
+                    Mutation::PutToken(t) => {
+                        txn.open_table(TOKENS)?
+                            .insert(t.name.as_str(), t.encode_to_vec().as_slice())?;
+                    }
+                    Mutation::DeleteToken(name) => {
+                        txn.open_table(TOKENS)?.remove(name.as_str())?;
+                    }
+                    Mutation::PutJoinToken(hash) => {
+                        txn.open_table(SETTINGS)?
+                            .insert(JOIN_TOKEN_KEY, hash.as_str())?;
                     }
                 }
             }

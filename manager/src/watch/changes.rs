@@ -55,7 +55,10 @@ pub fn changes_from(mutations: &[Mutation]) -> Vec<pb::TaskChange> {
                     deleted: true,
                 });
             }
-            Mutation::PutNode(_) => {}
+            Mutation::PutNode(_)
+            | Mutation::PutToken(_)
+            | Mutation::DeleteToken(_)
+            | Mutation::PutJoinToken(_) => {}
         }
         i += 1;
     }

@@ -1,0 +1,67 @@
+//! TLS material: PEM files on disk, the server and client settings built
+//! from them, and the node identity a client certificate carries.
+use std::path::{Path, PathBuf};
+
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+/// Subject organisation of node (agent) certificates.
+pub const AGENT_ORGANIZATION: &str = "minkube-agent";
+
+/// A file could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {}: {source}", path.display())]
+pub struct TlsError {
+    /// The file.
+    pub path: PathBuf,
+    /// Why.
+    pub source: std::io::Error,
+}
+
+/// Reads a PEM file.
+pub fn read_pem(path: &Path) -> Result<String, TlsError> {
+    std::fs::read_to_string(path).map_err(|source| TlsError {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Server settings: the server's certificate and key, and the CA that
+/// client certificates must chain to. A client certificate is optional at
+/// the TLS level: callers with bearer tokens present none, and the
+/// manager decides per method what it requires.
+pub fn server_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> ServerTlsConfig {
+    ServerTlsConfig::new()
+        .identity(Identity::from_pem(cert_pem, key_pem))
+        .client_ca_root(Certificate::from_pem(ca_pem))
+        .client_auth_optional(true)
+}
+
+/// Client settings that verify the server against `ca_pem` and, when given,
+/// present `identity` = (certificate PEM, key PEM).
+pub fn client_config(ca_pem: &str, identity: Option<(&str, &str)>) -> ClientTlsConfig {
+    let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+    match identity {
+        Some((cert, key)) => config.identity(Identity::from_pem(cert, key)),
+        None => config,
+    }
+}
+
+/// The node name in a node certificate (DER): its subject common name, if
+/// the subject's organisation is [`AGENT_ORGANIZATION`]. The chain itself is
+/// verified by the TLS layer before this is asked.
+pub fn node_name_of(cert_der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let subject = cert.subject();
+    let org = subject.iter_organization().next()?.as_str().ok()?;
+    if org != AGENT_ORGANIZATION {
+        return None;
+    }
+    let cn = subject.iter_common_name().next()?.as_str().ok()?;
+    Some(cn.to_string())
+}
+
+/// The node name in the first PEM certificate of `pem`.
+pub fn node_name_of_pem(pem: &str) -> Option<String> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    node_name_of(&p.contents)
+}
