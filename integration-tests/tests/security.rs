@@ -322,3 +322,55 @@ async fn after_rotation_the_old_join_token_stops_working() {
     );
     cluster.wait_nodes_ready(2).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limits_are_per_identity() {
+    let cluster = Cluster::builder()
+        .secure()
+        .manager_flag("--rate-limit", "50")
+        .manager_flag("--rate-burst", "20")
+        .start()
+        .await;
+    let admin = cluster.security().admin_token.clone();
+    let (_, noisy, _) = as_token(
+        &cluster,
+        &admin,
+        &["token", "create", "noisy", "--role", "viewer"],
+    )
+    .await;
+    let (_, quiet, _) = as_token(
+        &cluster,
+        &admin,
+        &["token", "create", "quiet", "--role", "viewer"],
+    )
+    .await;
+    let client = |token: String| {
+        let (tls, metadata) = cluster.credentials(token.trim());
+        let addr = cluster.addr();
+        async move {
+            let channel = minkube::client::channel_with(&addr, tls.as_ref())
+                .await
+                .unwrap();
+            pb::control_service_client::ControlServiceClient::with_interceptor(channel, metadata)
+        }
+    };
+    // Same address, different tokens: the noisy one is limited...
+    let mut noisy = client(noisy).await;
+    let mut limited = 0;
+    for _ in 0..200 {
+        match noisy.list_nodes(pb::ListNodesRequest::default()).await {
+            Ok(_) => {}
+            Err(s) if s.code() == Code::ResourceExhausted => limited += 1,
+            Err(s) => panic!("unexpected {s:?}"),
+        }
+    }
+    assert!(limited > 0, "200 quick calls were never limited");
+    // ...the quiet one is not.
+    let mut quiet = client(quiet).await;
+    for _ in 0..10 {
+        quiet
+            .list_nodes(pb::ListNodesRequest::default())
+            .await
+            .expect("another identity is served");
+    }
+}

@@ -4,7 +4,8 @@
 //! the manager's memory. Also turns tonic's "cannot decode" INTERNAL into
 //! INVALID_ARGUMENT: malformed bytes are the caller's fault.
 //!
-//! Clients are told apart by peer IP address for now.
+//! Clients are told apart by identity (token name, node name) when the
+//! auth layer established one, else by peer IP address.
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
@@ -13,6 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use minkube_common::trace_context;
+
+use crate::auth::Identity;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tonic::codegen::http;
@@ -39,25 +42,43 @@ struct Bucket {
     at: Instant,
 }
 
+/// Who a bucket belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Client {
+    /// An authenticated identity (its audit label).
+    Identity(String),
+    /// An address, for callers without one.
+    Address(IpAddr),
+}
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Client::Identity(who) => f.write_str(who),
+            Client::Address(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
 /// Token buckets by client.
 #[derive(Debug)]
 struct Buckets {
     rate: f64,
     burst: f64,
-    by_client: Mutex<HashMap<IpAddr, Bucket>>,
+    by_client: Mutex<HashMap<Client, Bucket>>,
 }
 
 impl Buckets {
-    fn take(&self, client: IpAddr, now: Instant) -> bool {
+    fn take(&self, client: &Client, now: Instant) -> bool {
         let Ok(mut map) = self.by_client.lock() else {
             return true;
         };
-        if map.len() >= MAX_TRACKED_CLIENTS && !map.contains_key(&client) {
+        if map.len() >= MAX_TRACKED_CLIENTS && !map.contains_key(client) {
             // Full buckets carry no information: forget them first.
             let (rate, burst) = (self.rate, self.burst);
             map.retain(|_, b| refill(b, rate, burst, now) < burst);
         }
-        let b = map.entry(client).or_insert(Bucket {
+        let b = map.entry(client.clone()).or_insert(Bucket {
             tokens: self.burst,
             at: now,
         });
@@ -198,9 +219,14 @@ where
         let path = req.uri().path();
         // Session- and watch-long calls have caps of their own.
         let stream = trace_context::is_long_lived_stream(path);
-        let client = peer_addr(req.extensions()).map(|a| a.ip());
+        let client = match req.extensions().get::<Identity>() {
+            Some(id @ (Identity::Token { .. } | Identity::Node { .. })) => {
+                Some(Client::Identity(id.label()))
+            }
+            _ => peer_addr(req.extensions()).map(|a| Client::Address(a.ip())),
+        };
         if let (Some(buckets), Some(client)) = (&self.layer.buckets, client) {
-            if !buckets.take(client, Instant::now()) {
+            if !buckets.take(&client, Instant::now()) {
                 metrics::counter!("minkube_manager_requests_refused_total", "reason" => "rate_limited")
                     .increment(1);
                 let msg = format!(
@@ -256,16 +282,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_client_gets_its_burst_then_its_rate() {
         let b = buckets(10.0, 5.0);
-        let a: IpAddr = [127, 0, 0, 1].into();
-        let other: IpAddr = [127, 0, 0, 2].into();
+        let a = Client::Address([127, 0, 0, 1].into());
+        let other = Client::Identity("token/ci".into());
         let now = Instant::now();
-        assert_eq!((0..8).filter(|_| b.take(a, now)).count(), 5);
+        assert_eq!((0..8).filter(|_| b.take(&a, now)).count(), 5);
         // Another client is not affected.
-        assert!(b.take(other, now));
+        assert!(b.take(&other, now));
         // 10 per second: after 300 ms, three more.
         tokio::time::advance(Duration::from_millis(300)).await;
         let later = Instant::now();
-        assert_eq!((0..8).filter(|_| b.take(a, later)).count(), 3);
+        assert_eq!((0..8).filter(|_| b.take(&a, later)).count(), 3);
     }
 
     #[test]

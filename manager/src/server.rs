@@ -168,12 +168,13 @@ impl Manager {
         let server = builder
             .trace_fn(minkube_common::trace_context::grpc_server_span)
             .layer(crate::grpc_metrics::GrpcMetricsLayer)
+            // Admission after auth: rate limits are per identity.
+            .layer(AuthLayer::new(Arc::clone(&cluster), pki.is_some()))
             .layer(crate::limits::AdmissionLayer::new(crate::limits::Limits {
                 rate_per_client: args.rate_limit,
                 burst: args.rate_burst,
                 max_in_flight: args.max_in_flight,
             }))
-            .layer(AuthLayer::new(Arc::clone(&cluster), pki.is_some()))
             .timeout(args.request_timeout)
             .max_concurrent_streams(Some(args.max_streams_per_connection))
             // Flow-control windows bound what one connection can make the
