@@ -45,6 +45,18 @@ fn spec() -> impl Strategy<Value = TaskSpec> {
         (any::<u64>(), prop_oneof![any::<f64>(), 0.0f64..2000.0]),
         (env, ports, labels),
         (-1i32..5, -1i32..5, any::<u32>(), any::<u32>()),
+        (
+            any::<bool>(),
+            any::<bool>(),
+            proptest::collection::vec(
+                (
+                    prop_oneof![Just("/srv/x".to_string()), text(40)],
+                    prop_oneof![Just("/data".to_string()), text(40)],
+                    any::<bool>(),
+                ),
+                0..20,
+            ),
+        ),
     )
         .prop_map(
             |(
@@ -52,6 +64,7 @@ fn spec() -> impl Strategy<Value = TaskSpec> {
                 (memory, cpu),
                 (env, ports, labels),
                 (pull, restart, mr, ma),
+                (privileged, host_network, mounts),
             )| {
                 TaskSpec {
                     name,
@@ -72,6 +85,16 @@ fn spec() -> impl Strategy<Value = TaskSpec> {
                     restart_policy: restart,
                     max_restarts: mr % 2000,
                     max_attempts: ma % 200,
+                    privileged,
+                    host_network,
+                    host_mounts: mounts
+                        .into_iter()
+                        .map(|(host_path, container_path, read_only)| pb::HostMount {
+                            host_path,
+                            container_path,
+                            read_only,
+                        })
+                        .collect(),
                 }
             },
         )
@@ -95,6 +118,11 @@ proptest! {
                 prop_assert!(s.labels.len() <= validate::MAX_LABELS);
                 prop_assert!(s.max_restarts <= validate::MAX_RESTARTS);
                 prop_assert!(s.max_attempts <= validate::MAX_ATTEMPTS);
+                prop_assert!(s.host_mounts.len() <= crate::host_access::MAX_HOST_MOUNTS);
+                prop_assert!(s.host_mounts.iter().all(|m| m.host_path.starts_with('/')
+                    && m.container_path.starts_with('/')
+                    && !m.host_path.contains("/../")));
+                prop_assert!(!s.host_network || s.ports.is_empty());
             }
             Err(e) => {
                 let msg = e.to_string();

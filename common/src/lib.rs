@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod duration;
+pub mod host_access;
 pub mod labels;
 pub mod paging;
 pub mod retry;

@@ -47,7 +47,7 @@ pub struct ValidationError {
     pub message: String,
 }
 
-fn err(field: impl Into<String>, message: impl Into<String>) -> ValidationError {
+pub(crate) fn err(field: impl Into<String>, message: impl Into<String>) -> ValidationError {
     ValidationError {
         field: field.into(),
         message: message.into(),
@@ -302,7 +302,7 @@ pub fn validate_spec(spec: &TaskSpec) -> Result<(), ValidationError> {
             ),
         ));
     }
-    Ok(())
+    crate::host_access::validate(spec)
 }
 
 #[cfg(test)]

@@ -43,6 +43,12 @@ impl ClusterBuilder {
         self
     }
 
+    /// Adds a flag without a value (e.g. `--allow-privileged`) to the manager.
+    pub fn manager_switch(mut self, flag: &str) -> Self {
+        self.manager_flags.push(flag.to_string());
+        self
+    }
+
     /// Agents started with default options once the manager listens; the
     /// cluster waits until all of them are READY.
     pub fn agents(mut self, names: &[&str]) -> Self {

@@ -97,6 +97,14 @@ impl ControlService for ControlApi {
         &self,
         req: Request<pb::CreateTaskRequest>,
     ) -> Result<Response<pb::CreateTaskResponse>, Status> {
+        let caller = identity_of(&req);
+        if let Some(spec) = &req.get_ref().spec {
+            crate::auth::check_host_access(
+                spec,
+                &caller,
+                &self.cluster.config.allowed_host_access,
+            )?;
+        }
         let task = self.cluster.create_task(req.into_inner().spec).await?;
         Ok(Response::new(pb::CreateTaskResponse { task: Some(task) }))
     }

@@ -41,6 +41,8 @@ pub struct ClusterConfig {
     pub retention: Duration,
     /// At most this many finished tasks are kept; the oldest go first.
     pub max_finished_tasks: usize,
+    /// Host access (privileged, host network, host mounts) admins may ask for.
+    pub allowed_host_access: Vec<minkube_common::host_access::HostAccess>,
 }
 
 impl Default for ClusterConfig {
@@ -60,6 +62,7 @@ impl Default for ClusterConfig {
             },
             retention: Duration::from_secs(24 * 3600),
             max_finished_tasks: 100_000,
+            allowed_host_access: Vec::new(),
         }
     }
 }

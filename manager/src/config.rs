@@ -42,6 +42,15 @@ pub struct Args {
     /// port is admin. For loopback demos and tests only.
     #[arg(long, env = "MINKUBE_INSECURE")]
     pub insecure: bool,
+    /// Let admins run privileged containers (off: refused for everyone).
+    #[arg(long, env = "MINKUBE_ALLOW_PRIVILEGED")]
+    pub allow_privileged: bool,
+    /// Let admins run containers on the host's network.
+    #[arg(long, env = "MINKUBE_ALLOW_HOST_NETWORK")]
+    pub allow_host_network: bool,
+    /// Let admins bind-mount host paths into containers.
+    #[arg(long, env = "MINKUBE_ALLOW_HOST_MOUNTS")]
+    pub allow_host_mounts: bool,
     /// One-off commands instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -122,6 +131,21 @@ mod tests {
         assert_eq!(a.heartbeat_interval, Duration::from_millis(500));
         assert_eq!(a.log_format, LogFormat::Json);
         assert!(Args::try_parse_from(["m", "--log-format", "xml"]).is_err());
+    }
+}
+
+impl Args {
+    /// The kinds of host access admins may ask for.
+    pub fn allowed_host_access(&self) -> Vec<minkube_common::host_access::HostAccess> {
+        use minkube_common::host_access::HostAccess;
+        [
+            (self.allow_privileged, HostAccess::Privileged),
+            (self.allow_host_network, HostAccess::HostNetwork),
+            (self.allow_host_mounts, HostAccess::HostMounts),
+        ]
+        .into_iter()
+        .filter_map(|(on, kind)| on.then_some(kind))
+        .collect()
     }
 }
 

@@ -89,6 +89,7 @@ impl Manager {
             },
             retention: args.retention,
             max_finished_tasks: args.max_finished_tasks,
+            allowed_host_access: args.allowed_host_access(),
             ..ClusterConfig::default()
         };
         let cluster = Cluster::start(store, config)?;

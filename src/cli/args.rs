@@ -6,6 +6,22 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use minkube::convert::parse_task_state;
 use minkube::pb::{Protocol, PullPolicy, RestartPolicy, TaskState};
 
+/// `HOST:CONTAINER[:ro]`.
+fn parse_mount(s: &str) -> Result<minkube::pb::HostMount, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let (host, ctr, read_only) = match parts.as_slice() {
+        [h, c] => (h, c, false),
+        [h, c, "ro"] => (h, c, true),
+        [h, c, "rw"] => (h, c, false),
+        _ => return Err(format!("{s:?} is not HOST:CONTAINER or HOST:CONTAINER:ro")),
+    };
+    Ok(minkube::pb::HostMount {
+        host_path: (*host).to_string(),
+        container_path: (*ctr).to_string(),
+        read_only,
+    })
+}
+
 /// Prefix of label keys minkube keeps for itself.
 const RESERVED_LABEL_PREFIX: &str = "minkube.";
 
@@ -216,6 +232,15 @@ pub struct RunArgs {
     /// Most attempts after transient errors such as Docker being unreachable (default 3).
     #[arg(long)]
     pub max_attempts: Option<u32>,
+    /// Run privileged (the manager must allow it; admin only).
+    #[arg(long)]
+    pub privileged: bool,
+    /// Use the host's network (the manager must allow it; admin only).
+    #[arg(long)]
+    pub host_network: bool,
+    /// Bind-mount a host path (the manager must allow it; admin only).
+    #[arg(long = "mount", value_name = "HOST:CONTAINER[:ro]", value_parser = parse_mount)]
+    pub mounts: Vec<minkube::pb::HostMount>,
     /// Command and arguments, after `--`; empty keeps the image's default.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -437,6 +462,39 @@ mod tests {
         assert_eq!(r.labels, vec![("team".to_string(), "x".to_string())]);
         assert_eq!(r.pull_policy, PullPolicyArg::IfNotPresent);
         assert_eq!(r.command, vec!["sh", "-c", "echo hi"]);
+    }
+
+    #[test]
+    fn host_access_flags() {
+        let cli = parse(&[
+            "run",
+            "t",
+            "--image",
+            "i",
+            "--privileged",
+            "--host-network",
+            "--mount",
+            "/srv:/data:ro",
+            "--mount",
+            "/a:/b",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("expected run")
+        };
+        assert!(r.privileged && r.host_network);
+        assert_eq!(r.mounts.len(), 2);
+        assert!(r.mounts[0].read_only && !r.mounts[1].read_only);
+        assert_eq!(r.mounts[0].container_path, "/data");
+        let Command::Run(r) = parse(&["run", "t", "--image", "i", "--host-network"])
+            .unwrap()
+            .command
+        else {
+            panic!("expected run")
+        };
+        assert!(r.host_network && !r.privileged);
+        assert!(parse(&["run", "t", "--image", "i", "--mount", "/only"]).is_err());
+        assert!(parse(&["run", "t", "--image", "i", "--mount", "/a:/b:rx"]).is_err());
     }
 
     #[test]

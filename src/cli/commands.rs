@@ -108,6 +108,9 @@ pub fn build_spec(a: &RunArgs) -> TaskSpec {
     spec.set_restart_policy(a.restart.into());
     spec.max_restarts = a.max_restarts.unwrap_or(0);
     spec.max_attempts = a.max_attempts.unwrap_or(0);
+    spec.privileged = a.privileged;
+    spec.host_network = a.host_network;
+    spec.host_mounts = a.mounts.clone();
     spec
 }
 
@@ -273,6 +276,9 @@ mod tests {
             restart: crate::cli::args::RestartArg::OnFailure,
             max_restarts: Some(5),
             max_attempts: None,
+            privileged: false,
+            host_network: false,
+            mounts: Vec::new(),
             command: vec!["sleep".into(), "1".into()],
         };
         let s = build_spec(&a);

@@ -36,7 +36,7 @@ pub fn task(t: &Task) -> Value {
 
 /// A task spec.
 pub fn spec(s: &TaskSpec) -> Value {
-    json!({
+    let mut v = json!({
         "name": s.name,
         "image": s.image,
         "command": s.command,
@@ -49,7 +49,25 @@ pub fn spec(s: &TaskSpec) -> Value {
         "max_restarts": s.max_restarts,
         "max_attempts": s.max_attempts,
         "labels": string_map(&s.labels),
-    })
+    });
+    // Host access, shown only when asked for.
+    if let Some(m) = v.as_object_mut() {
+        if s.privileged {
+            m.insert("privileged".into(), json!(true));
+        }
+        if s.host_network {
+            m.insert("host_network".into(), json!(true));
+        }
+        if !s.host_mounts.is_empty() {
+            let mounts: Vec<Value> = s
+                .host_mounts
+                .iter()
+                .map(|h| json!({"host_path": h.host_path, "container_path": h.container_path, "read_only": h.read_only}))
+                .collect();
+            m.insert("host_mounts".into(), Value::Array(mounts));
+        }
+    }
+    v
 }
 
 /// The observed state of a task.

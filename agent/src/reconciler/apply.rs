@@ -21,7 +21,7 @@ use crate::local_store::{valid_task_id, TaskRecord};
 impl Reconciler {
     pub(super) async fn on_input(&mut self, input: Input) {
         match input {
-            Input::Assignment(a) => self.on_assignment(a, false).await,
+            Input::Assignment(a) => self.on_assignment(*a, false).await,
             Input::Stop(order) => self.on_stop_order(order).await,
             Input::DesiredSet(set) => self.on_desired_set(set).await,
             Input::FullSync { session } => self.on_full_sync(session).await,

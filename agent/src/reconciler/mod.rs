@@ -49,7 +49,7 @@ const STARTUP_LIST_TRIES: u32 = 3;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     /// Run a task (idempotent by task id and attempt).
-    Assignment(pb::Assignment),
+    Assignment(Box<pb::Assignment>),
     /// Stop a task and remove its container.
     Stop(pb::StopOrder),
     /// Every task the node should run.

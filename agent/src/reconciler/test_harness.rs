@@ -199,7 +199,8 @@ impl Harness {
 
     /// Assigns a task and waits until it runs; returns the RUNNING update.
     pub async fn run_task(&mut self, task_id: &str) -> pb::TaskStatusUpdate {
-        self.send(Input::Assignment(assignment(task_id, 1))).await;
+        self.send(Input::Assignment(Box::new(assignment(task_id, 1))))
+            .await;
         self.expect_ack(task_id, 1).await;
         self.expect(task_id, TaskState::Scheduled).await;
         self.expect(task_id, TaskState::Running).await

@@ -25,7 +25,7 @@ async fn assignment_is_recorded_acked_and_reported_in_order() {
         container_port: 80,
         protocol: 0,
     }];
-    h.send(Input::Assignment(a)).await;
+    h.send(Input::Assignment(Box::new(a))).await;
 
     h.expect_ack("t1", 1).await;
     let scheduled = h.expect("t1", TaskState::Scheduled).await;
@@ -74,7 +74,8 @@ async fn a_known_assignment_is_only_acked_again() {
     let rt = runtime();
     let mut h = Harness::start(&rt, dir.path());
     h.run_task("t1").await;
-    h.send(Input::Assignment(assignment("t1", 1))).await;
+    h.send(Input::Assignment(Box::new(assignment("t1", 1))))
+        .await;
     h.expect_ack("t1", 1).await;
     h.expect_quiet().await;
     assert_eq!(rt.calls_starting("create").len(), 1);
@@ -108,7 +109,7 @@ async fn a_missing_image_that_cannot_be_pulled_fails_once() {
     let mut h = Harness::start(&rt, dir.path());
     let mut a = assignment("t1", 1);
     a.spec = Some(spec("nope:1"));
-    h.send(Input::Assignment(a)).await;
+    h.send(Input::Assignment(Box::new(a))).await;
     h.expect("t1", TaskState::Scheduled).await;
     let pulling = h.expect("t1", TaskState::Scheduled).await;
     assert_eq!(pulling.reason, "pulling image \"nope:1\"");
@@ -140,7 +141,7 @@ async fn pull_policy_never_fails_without_pulling() {
     let mut s = spec("absent:1");
     s.pull_policy = pb::PullPolicy::Never as i32;
     a.spec = Some(s);
-    h.send(Input::Assignment(a)).await;
+    h.send(Input::Assignment(Box::new(a))).await;
     h.expect("t1", TaskState::Scheduled).await;
     let failed = h.expect("t1", TaskState::Failed).await;
     assert!(failed.reason.contains("\"absent:1\""), "{}", failed.reason);
@@ -160,7 +161,7 @@ async fn create_errors_and_invalid_specs_fail_the_task() {
     let mut h = Harness::start(&rt, dir.path());
     let mut bad = assignment("t1", 1);
     bad.spec.as_mut().unwrap().memory_mb = 1;
-    h.send(Input::Assignment(bad)).await;
+    h.send(Input::Assignment(Box::new(bad))).await;
     h.expect("t1", TaskState::Scheduled).await;
     let failed = h.expect("t1", TaskState::Failed).await;
     assert!(
@@ -176,7 +177,8 @@ async fn create_errors_and_invalid_specs_fail_the_task() {
         status: Some(400),
         message: "exec: \"nope\": executable file not found".into(),
     });
-    h.send(Input::Assignment(assignment("t2", 1))).await;
+    h.send(Input::Assignment(Box::new(assignment("t2", 1))))
+        .await;
     h.expect("t2", TaskState::Scheduled).await;
     let failed = h.expect("t2", TaskState::Failed).await;
     assert_eq!(
@@ -212,7 +214,8 @@ async fn stop_while_preparing_completes_without_a_container() {
     rt.set_pullable(IMAGE);
     rt.set_pull_delay(Duration::from_secs(300));
     let mut h = Harness::start(&rt, dir.path());
-    h.send(Input::Assignment(assignment("t1", 1))).await;
+    h.send(Input::Assignment(Box::new(assignment("t1", 1))))
+        .await;
     h.expect("t1", TaskState::Scheduled).await;
     let pulling = h.expect("t1", TaskState::Scheduled).await;
     assert!(pulling.reason.starts_with("pulling image"));
@@ -246,7 +249,8 @@ async fn a_new_attempt_replaces_the_old_one_and_keeps_the_sequence_going() {
     let rt = runtime();
     let mut h = Harness::start(&rt, dir.path());
     let first = h.run_task("t1").await;
-    h.send(Input::Assignment(assignment("t1", 2))).await;
+    h.send(Input::Assignment(Box::new(assignment("t1", 2))))
+        .await;
     h.expect_ack("t1", 2).await;
     let scheduled = h.expect("t1", TaskState::Scheduled).await;
     assert_eq!((scheduled.attempt, scheduled.sequence), (2, 3));
@@ -254,7 +258,8 @@ async fn a_new_attempt_replaces_the_old_one_and_keeps_the_sequence_going() {
     assert_eq!((running.attempt, running.sequence), (2, 4));
     assert_ne!(running.container_id, first.container_id);
     // An older attempt's assignment is ignored.
-    h.send(Input::Assignment(assignment("t1", 1))).await;
+    h.send(Input::Assignment(Box::new(assignment("t1", 1))))
+        .await;
     h.expect_quiet().await;
     assert!(
         rt.container(&first.container_id).is_none(),
@@ -348,7 +353,8 @@ async fn a_container_exiting_at_once_reports_running_then_its_exit() {
     let rt = runtime();
     rt.exit_at_once(0);
     let mut h = Harness::start(&rt, dir.path());
-    h.send(Input::Assignment(assignment("t1", 1))).await;
+    h.send(Input::Assignment(Box::new(assignment("t1", 1))))
+        .await;
     h.expect("t1", TaskState::Scheduled).await;
     let running = h.expect("t1", TaskState::Running).await;
     let done = h.expect("t1", TaskState::Completed).await;

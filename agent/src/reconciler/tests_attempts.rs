@@ -40,7 +40,7 @@ fn position(calls: &[String], call: &str) -> usize {
 /// Sends attempt `attempt` of `task_id` and checks that it starts over
 /// from SCHEDULED "preparing" and runs; returns the RUNNING update.
 async fn run_attempt(h: &mut Harness, task_id: &str, attempt: u32) -> pb::TaskStatusUpdate {
-    h.send(Input::Assignment(assignment(task_id, attempt)))
+    h.send(Input::Assignment(Box::new(assignment(task_id, attempt))))
         .await;
     h.expect_ack(task_id, attempt).await;
     let scheduled = h.expect(task_id, TaskState::Scheduled).await;
@@ -113,13 +113,15 @@ async fn a_replaced_attempt_that_was_still_preparing_reports_nothing_more() {
     rt.set_pullable(IMAGE);
     rt.set_pull_delay(Duration::from_secs(40));
     let mut h = Harness::start(&rt, dir.path());
-    h.send(Input::Assignment(assignment("t1", 1))).await;
+    h.send(Input::Assignment(Box::new(assignment("t1", 1))))
+        .await;
     h.expect_ack("t1", 1).await;
     h.expect("t1", TaskState::Scheduled).await;
     let pulling = h.expect("t1", TaskState::Scheduled).await;
     assert_eq!(pulling.attempt, 1);
 
-    h.send(Input::Assignment(assignment("t1", 2))).await;
+    h.send(Input::Assignment(Box::new(assignment("t1", 2))))
+        .await;
     h.expect_ack("t1", 2).await;
     let mut seen = Vec::new();
     loop {
@@ -213,7 +215,8 @@ async fn a_stop_removes_every_container_of_the_task_up_to_its_attempt() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
     let mut h = Harness::start(&rt, dir.path());
-    h.send(Input::Assignment(assignment("t1", 2))).await;
+    h.send(Input::Assignment(Box::new(assignment("t1", 2))))
+        .await;
     h.expect_ack("t1", 2).await;
     h.expect("t1", TaskState::Scheduled).await;
     let running = h.expect("t1", TaskState::Running).await;

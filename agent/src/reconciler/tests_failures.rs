@@ -22,7 +22,7 @@ fn runtime() -> FakeRuntime {
 /// report(s).
 async fn fails(h: &mut Harness, a: pb::Assignment) -> pb::TaskStatusUpdate {
     let task_id = a.task_id.clone();
-    h.send(Input::Assignment(a)).await;
+    h.send(Input::Assignment(Box::new(a))).await;
     loop {
         let u = h.update().await;
         assert_eq!(u.task_id, task_id);
@@ -213,7 +213,8 @@ async fn the_attempt_after_a_transient_failure_runs_and_is_reported() {
         (1, FailureKind::Transient)
     );
     rt.heal();
-    h.send(Input::Assignment(assignment("t1", 2))).await;
+    h.send(Input::Assignment(Box::new(assignment("t1", 2))))
+        .await;
     h.expect_ack("t1", 2).await;
     let scheduled = h.expect("t1", TaskState::Scheduled).await;
     assert_eq!(

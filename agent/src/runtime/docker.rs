@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerCreateBody, EventMessage, HostConfig, PortBinding, PortMap};
+use bollard::models::EventMessage;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
     ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
@@ -23,7 +23,7 @@ use super::docker_convert::{
 use super::metered::docker_span;
 use super::{
     ContainerFilter, ContainerInfo, ContainerRef, ContainerSpec, ContainerStatus, EventKind,
-    PortKey, Runtime, RuntimeError, RuntimeEvent,
+    Runtime, RuntimeError, RuntimeEvent,
 };
 
 /// OOM events without a following die (a child process was killed) must not
@@ -65,36 +65,7 @@ impl DockerRuntime {
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
-        let exposed: Vec<String> = spec.ports.iter().map(PortKey::docker_key).collect();
-        // An empty host port asks Docker to pick a free one.
-        let bindings: PortMap = exposed
-            .iter()
-            .map(|k| {
-                (
-                    k.clone(),
-                    Some(vec![PortBinding {
-                        host_ip: None,
-                        host_port: Some(String::new()),
-                    }]),
-                )
-            })
-            .collect();
-        let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
-            env: Some(spec.env.clone()),
-            labels: Some(spec.labels.clone()),
-            exposed_ports: (!exposed.is_empty()).then_some(exposed),
-            host_config: Some(HostConfig {
-                memory: Some(spec.memory_bytes),
-                // Same as memory: no swap on top, so the limit is the limit.
-                memory_swap: Some(spec.memory_bytes),
-                nano_cpus: (spec.nano_cpus > 0).then_some(spec.nano_cpus),
-                port_bindings: (!bindings.is_empty()).then_some(bindings),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let body = super::docker_create::create_body(spec);
         let options = CreateContainerOptionsBuilder::default()
             .name(&spec.name)
             .build();

@@ -4,6 +4,7 @@
 //! tested against an in-memory fake.
 pub mod docker;
 mod docker_convert;
+mod docker_create;
 mod docker_logs;
 mod failure;
 pub mod metered;

@@ -61,6 +61,12 @@ pub struct ContainerSpec {
     pub ports: Vec<PortKey>,
     /// User labels plus minkube's own.
     pub labels: HashMap<String, String>,
+    /// Privileged mode (the manager allowed it).
+    pub privileged: bool,
+    /// The host's network stack instead of a bridge.
+    pub host_network: bool,
+    /// Docker binds, `host:container[:ro]`.
+    pub binds: Vec<String>,
 }
 
 impl ContainerSpec {
@@ -196,6 +202,16 @@ impl ContainerSpec {
             nano_cpus,
             ports,
             labels: all_labels,
+            privileged: spec.privileged,
+            host_network: spec.host_network,
+            binds: spec
+                .host_mounts
+                .iter()
+                .map(|m| {
+                    let ro = if m.read_only { ":ro" } else { "" };
+                    format!("{}:{}{ro}", m.host_path, m.container_path)
+                })
+                .collect(),
         })
     }
 }

@@ -37,7 +37,7 @@ fn jittered(interval: Duration) -> Duration {
 
 fn to_input(m: pb::ManagerMessage) -> Option<Input> {
     match m.msg? {
-        manager_message::Msg::Assignment(a) => Some(Input::Assignment(a)),
+        manager_message::Msg::Assignment(a) => Some(Input::Assignment(Box::new(a))),
         manager_message::Msg::Stop(s) => Some(Input::Stop(s)),
         manager_message::Msg::DesiredSet(d) => Some(Input::DesiredSet(d)),
         manager_message::Msg::Welcome(_) => {

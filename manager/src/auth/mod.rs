@@ -124,6 +124,34 @@ pub fn authorize(identity: &Identity, access: Access, method: &str) -> Result<()
     }
 }
 
+/// Whether `caller` may have what `spec` asks of the host: each kind must be
+/// allowed on this manager, and the caller must be an admin.
+pub fn check_host_access(
+    spec: &minkube::pb::TaskSpec,
+    caller: &Identity,
+    allowed: &[minkube_common::host_access::HostAccess],
+) -> Result<(), crate::error::ManagerError> {
+    use crate::error::ManagerError;
+    for kind in minkube_common::host_access::requested(spec) {
+        if !allowed.contains(&kind) {
+            return Err(ManagerError::PermissionDenied(format!(
+                "{}: not allowed on this cluster (the manager runs without {})",
+                kind.field(),
+                kind.flag()
+            )));
+        }
+        if caller.role() != Role::Admin {
+            return Err(ManagerError::PermissionDenied(format!(
+                "{}: only admins may ask for this ({} is {})",
+                kind.field(),
+                caller.label(),
+                role_name(caller.role())
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Lower-case role name.
 pub fn role_name(r: Role) -> &'static str {
     match r {
@@ -159,6 +187,28 @@ mod tests {
         let none = authorize(&Identity::Unauthenticated, access, create).unwrap_err();
         assert_eq!(none.code(), tonic::Code::Unauthenticated);
         assert!(authorize(&Identity::Anonymous, access, create).is_ok());
+    }
+
+    #[test]
+    fn host_access_needs_the_flag_and_an_admin() {
+        use minkube_common::host_access::HostAccess;
+        let spec = minkube::pb::TaskSpec {
+            privileged: true,
+            ..Default::default()
+        };
+        let admin = token(Role::Admin);
+        let off = check_host_access(&spec, &admin, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(off.contains("--allow-privileged"), "{off}");
+        let on = [HostAccess::Privileged];
+        assert!(check_host_access(&spec, &admin, &on).is_ok());
+        let op = check_host_access(&spec, &token(Role::Operator), &on)
+            .unwrap_err()
+            .to_string();
+        assert!(op.contains("only admins"), "{op}");
+        let plain = minkube::pb::TaskSpec::default();
+        assert!(check_host_access(&plain, &token(Role::Operator), &[]).is_ok());
     }
 
     #[test]
