@@ -74,6 +74,37 @@ pub struct Args {
     /// Log line format: text or json.
     #[arg(long, env = "MINKUBE_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Container runtime: docker, or simulated (a benchmark tool: no
+    /// containers, tasks run for --simulated-exit-after; never for real work).
+    #[arg(long, env = "MINKUBE_RUNTIME", default_value = "docker")]
+    pub runtime: RuntimeKind,
+
+    /// With --runtime simulated: how long a task "runs" before it exits
+    /// with code 0; "never" keeps it running until stopped.
+    #[arg(long, env = "MINKUBE_SIMULATED_EXIT_AFTER", default_value = "1s", value_parser = parse_exit_after)]
+    pub simulated_exit_after: ExitAfter,
+}
+
+/// Which container runtime the agent drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeKind {
+    /// The local Docker Engine (the only runtime for real work).
+    Docker,
+    /// No containers: tasks start at once and exit after a set time.
+    /// For benchmarks of the control plane ("hollow" agents).
+    Simulated,
+}
+
+/// How long a simulated task runs; `None` until stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitAfter(pub Option<Duration>);
+
+fn parse_exit_after(s: &str) -> Result<ExitAfter, String> {
+    if s.trim() == "never" {
+        return Ok(ExitAfter(None));
+    }
+    parse_duration(s).map(|d| ExitAfter(Some(d)))
 }
 
 impl Args {
@@ -117,6 +148,27 @@ mod tests {
         assert_eq!(a.advertise_address, "");
         assert!(a.labels.is_empty());
         assert_eq!(a.log_format, LogFormat::Text);
+        assert_eq!(a.runtime, RuntimeKind::Docker);
+    }
+
+    #[test]
+    fn simulated_runtime_flags() {
+        let a = Args::try_parse_from([
+            "minkube-agent",
+            "--runtime",
+            "simulated",
+            "--simulated-exit-after",
+            "250ms",
+        ])
+        .unwrap();
+        assert_eq!(a.runtime, RuntimeKind::Simulated);
+        assert_eq!(
+            a.simulated_exit_after,
+            ExitAfter(Some(Duration::from_millis(250)))
+        );
+        let a = Args::try_parse_from(["minkube-agent", "--simulated-exit-after", "never"]).unwrap();
+        assert_eq!(a.simulated_exit_after, ExitAfter(None));
+        assert!(Args::try_parse_from(["minkube-agent", "--runtime", "podman"]).is_err());
     }
 
     #[test]

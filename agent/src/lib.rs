@@ -30,13 +30,14 @@ use minkube_common::validate::validate_name;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn, Instrument};
 
-pub use config::Args;
+pub use config::{Args, RuntimeKind};
 
 use local_store::{LocalStore, StoreError};
 use minkube_common::admin;
 use reconciler::{Reconciler, Settings};
 use runtime::docker::DockerRuntime;
 use runtime::metered::Metered;
+use runtime::simulated::SimulatedRuntime;
 use runtime::{Runtime, RuntimeError};
 use session::{Links, SessionConfig};
 
@@ -104,15 +105,24 @@ pub async fn run(
         join::Transport::Tls(tls) => Some(*tls),
         join::Transport::Stopped => return Ok(()),
     };
-    let Some(docker) = connect_docker(&args, &mut stop_rx).await? else {
-        return Ok(());
+    let (runtime, disk_path): (Arc<dyn Runtime>, PathBuf) = match args.runtime {
+        RuntimeKind::Docker => {
+            let Some(docker) = connect_docker(&args, &mut stop_rx).await? else {
+                return Ok(());
+            };
+            // Asked once: the data root does not move while the daemon runs.
+            let disk_path = tokio::select! {
+                root = docker.root_dir() => hoststats::disk_path(root.as_deref()),
+                () = stopped(&mut stop_rx) => return Ok(()),
+            };
+            (Arc::new(Metered::new(Arc::new(docker))), disk_path)
+        }
+        RuntimeKind::Simulated => {
+            warn!(exit_after = ?args.simulated_exit_after.0, "simulated runtime: no containers are run; this agent is for benchmarks only");
+            let sim = SimulatedRuntime::new(args.simulated_exit_after.0);
+            (Arc::new(sim), args.data_dir.clone())
+        }
     };
-    // Asked once: the data root does not move while the daemon runs.
-    let disk_path = tokio::select! {
-        root = docker.root_dir() => hoststats::disk_path(root.as_deref()),
-        () = stopped(&mut stop_rx) => return Ok(()),
-    };
-    let runtime: Arc<dyn Runtime> = Arc::new(Metered::new(Arc::new(docker)));
     serve(args, name, tls, store, runtime, disk_path, admin, stop_rx).await
 }
 

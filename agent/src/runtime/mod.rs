@@ -8,6 +8,7 @@ mod docker_create;
 mod docker_logs;
 mod failure;
 pub mod metered;
+pub mod simulated;
 pub mod spec;
 
 #[cfg(test)]
