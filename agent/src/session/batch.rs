@@ -11,8 +11,10 @@ use crate::reconciler::Outbound;
 
 /// Most items in one batch.
 pub(super) const MAX_BATCH: usize = 256;
-/// How long to wait for more after the first item.
-pub(super) const BATCH_WINDOW: Duration = Duration::from_millis(5);
+/// How long to wait for more after the first item: short, because a lone
+/// update pays it in full (it is part of container exit -> watcher), while
+/// under load batches fill up anyway from what queued during the last send.
+pub(super) const BATCH_WINDOW: Duration = Duration::from_millis(2);
 
 /// `first` plus whatever follows within [`BATCH_WINDOW`], up to `max` items.
 pub(super) async fn collect(
@@ -140,7 +142,7 @@ mod tests {
     async fn waits_a_few_milliseconds_for_more() {
         let (tx, mut rx) = mpsc::channel(16);
         let sender = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
             tx.send(update(2)).await.unwrap();
             tokio::time::sleep(Duration::from_millis(50)).await;
             tx.send(update(3)).await.unwrap();
