@@ -191,7 +191,7 @@ impl Manager {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), on_signal);
+            .serve_with_incoming_shutdown(nodelay(TcpListenerStream::new(listener)), on_signal);
         tokio::pin!(server);
         let result = tokio::select! {
             r = &mut server => r.map_err(ServeError::from),
@@ -210,4 +210,22 @@ impl Manager {
         tracing::info!("manager stopped");
         result
     }
+}
+
+/// Sets TCP_NODELAY on every accepted connection. The builder's
+/// `tcp_nodelay` applies only to listeners it binds itself; without it,
+/// Nagle's algorithm held multi-segment answers (a ListTasks page) for a
+/// delayed ACK, about 40 ms each.
+fn nodelay(
+    incoming: TcpListenerStream,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    incoming.map(|conn| {
+        if let Ok(stream) = &conn {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        }
+        conn
+    })
 }
