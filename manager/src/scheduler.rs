@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use minkube::pb::{self, NodeState, TaskState};
 use minkube_common::trace_context;
+use minkube_common::validate::MIN_MEMORY_MB;
 
 use crate::state::State;
 use crate::store::Mutation;
@@ -32,14 +33,15 @@ pub fn pick_round_robin(
     if candidates.is_empty() {
         return None;
     }
-    let start = cursor
-        .map(|c| {
-            candidates
-                .iter()
-                .position(|n| n.name.as_str() > c)
-                .unwrap_or(0)
-        })
-        .unwrap_or(0);
+    // Candidates are sorted by name: the first one after the cursor.
+    let start = cursor.map_or(0, |c| {
+        let i = candidates.partition_point(|n| n.name.as_str() <= c);
+        if i == candidates.len() {
+            0
+        } else {
+            i
+        }
+    });
     (0..candidates.len())
         .map(|i| (start + i) % candidates.len())
         .find(|&i| candidates[i].free_mb >= need_mb)
@@ -98,8 +100,23 @@ fn not_before(status: &pb::TaskStatus) -> Option<SystemTime> {
 pub fn schedule(st: &mut State, now: SystemTime, out: &mut Vec<Mutation>) -> Pass {
     let mut cands = candidates(st);
     let mut pass = Pass::default();
-    let queue: Vec<String> = st.unplaced.iter().cloned().collect();
+    let fresh = std::mem::take(&mut st.fresh);
+    let room = cands.iter().map(|c| c.free_mb).max().unwrap_or(0);
+    // With no room for even the smallest task, nothing in the queue can be
+    // placed: only the new tasks need a look (for their reason). Whatever
+    // adds room (a node connecting, a task ending) kicks a full pass.
+    let queue: Vec<String> = if room < MIN_MEMORY_MB {
+        fresh
+    } else {
+        st.unplaced.iter().cloned().collect()
+    };
+    // Room only shrinks during a pass: once a task needing N MB found no
+    // node, no later task needing N or more will.
+    let mut smallest_refused = u64::MAX;
     for id in queue {
+        if !st.unplaced.contains(&id) {
+            continue;
+        }
         let Some(entry) = st.tasks.get(&id) else {
             st.unplaced.remove(&id);
             continue;
@@ -110,7 +127,13 @@ pub fn schedule(st: &mut State, now: SystemTime, out: &mut Vec<Mutation>) -> Pas
         }
         let need = entry.memory_mb();
         let attempt = entry.status().attempt.max(1);
-        let Some(i) = pick_round_robin(&cands, st.rr_cursor.as_deref(), need) else {
+        let pick = if need >= smallest_refused {
+            None
+        } else {
+            pick_round_robin(&cands, st.rr_cursor.as_deref(), need)
+        };
+        let Some(i) = pick else {
+            smallest_refused = smallest_refused.min(need);
             metrics::counter!("minkube_manager_scheduling_decisions_total", "result" => "unplaceable")
                 .increment(1);
             let reason = unplaceable_reason(need);
@@ -274,5 +297,41 @@ mod tests {
             "no ready node with 60 MB free"
         );
         assert_eq!(st.tasks["t0"].status().node_name, "a");
+    }
+
+    #[test]
+    fn without_room_a_pass_looks_only_at_new_tasks_and_a_node_places_them_all() {
+        let mut st = State::default();
+        let mut out = Vec::new();
+        pending(&mut st, "t0", 8, &mut out);
+        schedule(&mut st, SystemTime::now(), &mut out);
+        assert_eq!(
+            st.tasks["t0"].status().reason,
+            "no ready node with 8 MB free"
+        );
+        // A pass with no room and nothing new writes nothing.
+        out.clear();
+        assert!(schedule(&mut st, SystemTime::now(), &mut out)
+            .placements
+            .is_empty());
+        assert!(out.is_empty(), "{out:?}");
+        pending(&mut st, "t1", 8, &mut out);
+        schedule(&mut st, SystemTime::now(), &mut out);
+        assert_eq!(
+            st.tasks["t1"].status().reason,
+            "no ready node with 8 MB free"
+        );
+        // Room appears: the full queue is looked at, oldest first; a large
+        // task that does not fit does not stop smaller ones behind it.
+        pending(&mut st, "t2", 500, &mut out);
+        pending(&mut st, "t3", 8, &mut out);
+        ready_node(&mut st, "a", 100);
+        let placed = schedule(&mut st, SystemTime::now(), &mut out).placements;
+        let ids: Vec<_> = placed
+            .iter()
+            .map(|p| p.assignment.task_id.as_str())
+            .collect();
+        assert_eq!(ids, ["t0", "t1", "t3"]);
+        assert_eq!(st.unplaced.iter().collect::<Vec<_>>(), ["t2"]);
     }
 }

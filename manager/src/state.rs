@@ -116,15 +116,42 @@ pub struct State {
     /// queue. PENDING tasks, and SCHEDULED ones whose next attempt is not
     /// placed yet (retries, restarts, tasks of a lost node).
     pub unplaced: BTreeSet<String>,
+    /// Tasks queued since the last scheduling pass. When no node has room
+    /// for even the smallest task, a pass looks only at these (to give them
+    /// their "why pending" reason) instead of walking the whole queue.
+    pub fresh: Vec<String>,
     /// Reservations per node id.
     usage: HashMap<String, Usage>,
     /// Ids of the active (SCHEDULED or RUNNING) tasks per node id, so work
     /// about one node (its desired set, a lost node) never scans every task.
     active: HashMap<String, BTreeSet<String>>,
+    /// Tasks per state (indexed by the state's number), so a count by
+    /// state never scans every task.
+    counts: [u64; 6],
     /// Name of the node that got the last placement (round-robin cursor).
     pub rr_cursor: Option<String>,
     /// API tokens and the join token.
     pub access: crate::auth::tokens::AccessState,
+}
+
+/// What a task holds on its node: enough to add or release it.
+struct Reservation {
+    node: Option<String>,
+    id: String,
+    memory_mb: u64,
+    cpu: f64,
+}
+
+impl Reservation {
+    fn of(entry: &TaskEntry) -> Self {
+        let node = &entry.status().node_id;
+        Self {
+            node: (!node.is_empty()).then(|| node.clone()),
+            id: entry.task.id.clone(),
+            memory_mb: entry.memory_mb(),
+            cpu: entry.task.spec.as_ref().map_or(0.0, |s| s.cpu),
+        }
+    }
 }
 
 impl State {
@@ -166,31 +193,49 @@ impl State {
             if state_machine::is_active_on_node(entry.state()) {
                 st.reserve(&entry, 1);
             }
+            st.count(entry.state(), 1);
             st.tasks.insert(id, entry);
         }
         st
     }
 
-    fn reserve(&mut self, entry: &TaskEntry, sign: i8) {
-        let node = entry.status().node_id.clone();
-        if node.is_empty() {
-            return; // waiting for a node: nothing reserved anywhere
+    fn count(&mut self, state: TaskState, sign: i8) {
+        if let Some(n) = self.counts.get_mut(state as usize) {
+            *n = if sign > 0 {
+                n.saturating_add(1)
+            } else {
+                n.saturating_sub(1)
+            };
         }
-        let cpu = entry.task.spec.as_ref().map_or(0.0, |s| s.cpu);
+    }
+
+    /// Number of tasks in `state`.
+    pub fn count_in(&self, state: TaskState) -> u64 {
+        self.counts.get(state as usize).copied().unwrap_or(0)
+    }
+
+    fn reserve(&mut self, entry: &TaskEntry, sign: i8) {
+        self.reserve_for(Reservation::of(entry), sign);
+    }
+
+    fn reserve_for(&mut self, r: Reservation, sign: i8) {
+        let Some(node) = r.node else {
+            return; // waiting for a node: nothing reserved anywhere
+        };
         let ids = self.active.entry(node.clone()).or_default();
         if sign > 0 {
-            ids.insert(entry.task.id.clone());
+            ids.insert(r.id);
         } else {
-            ids.remove(&entry.task.id);
+            ids.remove(&r.id);
         }
         let u = self.usage.entry(node).or_default();
         if sign > 0 {
-            u.memory_mb = u.memory_mb.saturating_add(entry.memory_mb());
-            u.cpu += cpu;
+            u.memory_mb = u.memory_mb.saturating_add(r.memory_mb);
+            u.cpu += r.cpu;
             u.tasks = u.tasks.saturating_add(1);
         } else {
-            u.memory_mb = u.memory_mb.saturating_sub(entry.memory_mb());
-            u.cpu = (u.cpu - cpu).max(0.0);
+            u.memory_mb = u.memory_mb.saturating_sub(r.memory_mb);
+            u.cpu = (u.cpu - r.cpu).max(0.0);
             u.tasks = u.tasks.saturating_sub(1);
         }
     }
@@ -244,6 +289,8 @@ impl State {
             event: Box::new(event),
         });
         self.unplaced.insert(id.clone());
+        self.fresh.push(id.clone());
+        self.count(entry.state(), 1);
         self.tasks.insert(id, entry);
     }
 
@@ -330,6 +377,7 @@ impl State {
             if state_machine::is_active_on_node(e.state()) {
                 self.reserve(&e, -1);
             }
+            self.count(e.state(), -1);
             self.unplaced.remove(id);
             out.push(Mutation::DeleteTask(id.to_string()));
         }
@@ -360,8 +408,9 @@ impl State {
         let from = entry.state();
         state_machine::check(from, to)?;
         if state_machine::is_active_on_node(from) {
-            let e = entry.clone();
-            self.reserve(&e, -1);
+            // Only what the reservation needs: a whole-entry clone per
+            // transition was a measurable share of the manager's time.
+            self.reserve_for(Reservation::of(entry), -1);
         }
         let Some(entry) = self.tasks.get_mut(id) else {
             return Err(TransitionError::NotFound(id.to_string()));
@@ -395,9 +444,11 @@ impl State {
         if from == TaskState::Pending || state_machine::is_terminal(to) {
             self.unplaced.remove(id);
         }
-        if state_machine::is_active_on_node(to) {
-            let e = entry.clone();
-            self.reserve(&e, 1);
+        let placed = state_machine::is_active_on_node(to).then(|| Reservation::of(entry));
+        self.count(from, -1);
+        self.count(to, 1);
+        if let Some(r) = placed {
+            self.reserve_for(r, 1);
         }
         tracing::info!(
             task_id = id,
@@ -520,8 +571,11 @@ mod tests {
         let mut out = Vec::new();
         st.insert_task(task("t1", 100), &mut out);
         assert!(st.unplaced.contains("t1"));
+        assert_eq!(st.count_in(TaskState::Pending), 1);
         st.transition("t1", TaskState::Scheduled, "placed", place("n1"), &mut out)
             .unwrap();
+        assert_eq!(st.count_in(TaskState::Pending), 0);
+        assert_eq!(st.count_in(TaskState::Scheduled), 1);
         assert!(st.unplaced.is_empty());
         assert_eq!(st.usage("n1").memory_mb, 100);
         assert_eq!(st.active_on("n1").count(), 1);
@@ -536,6 +590,29 @@ mod tests {
             0,
             "finished tasks leave the index"
         );
+        assert_eq!(st.count_in(TaskState::Completed), 1);
+        assert_eq!(st.count_in(TaskState::Running), 0);
+        st.remove_task("t1", &mut Vec::new());
+        assert_eq!(st.count_in(TaskState::Completed), 0);
+        st.insert_task(task("t1", 100), &mut Vec::new());
+        st.transition(
+            "t1",
+            TaskState::Scheduled,
+            "placed",
+            place("n1"),
+            &mut Vec::new(),
+        )
+        .unwrap();
+        st.transition("t1", TaskState::Running, "started", |_| {}, &mut Vec::new())
+            .unwrap();
+        st.transition(
+            "t1",
+            TaskState::Completed,
+            "exit 0",
+            |_| {},
+            &mut Vec::new(),
+        )
+        .unwrap();
         let e = &st.tasks["t1"];
         assert_eq!(e.events.len(), 4);
         assert!(e.status().finished_at.is_some());

@@ -119,6 +119,12 @@ impl Cluster {
         }
         let total_count = if filter.states.is_empty() && filter.node_id.is_none() {
             st.tasks.len()
+        } else if filter.node_id.is_none() {
+            let mut states = filter.states.clone();
+            states.sort_unstable();
+            states.dedup();
+            let n: u64 = states.iter().map(|s| st.count_in(*s)).sum();
+            usize::try_from(n).unwrap_or(usize::MAX)
         } else {
             st.tasks
                 .values()
