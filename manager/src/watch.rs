@@ -17,7 +17,7 @@ pub use hub::{Published, WatchHub};
 pub use stream::WatchStream;
 
 /// Changes buffered for the slowest watcher before it counts as lagging.
-pub const HUB_CAPACITY: usize = 4096;
+pub const HUB_CAPACITY: usize = 16_384;
 /// Messages queued per watcher stream.
 const WATCHER_BUFFER: usize = 256;
 /// Tasks looked at per hold of the state lock while sending the snapshot.

@@ -30,6 +30,9 @@ fn backend(op: &'static str) -> impl Fn(redb::Error) -> StoreError {
     }
 }
 
+/// redb page cache.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 fn decode<M: Message + Default>(key: &str, bytes: &[u8]) -> Result<M, StoreError> {
     M::decode(bytes).map_err(|e| StoreError::Corrupt {
         key: key.to_string(),
@@ -45,13 +48,19 @@ impl RedbStore {
             message: format!("{}: {e}", dir.display()),
         })?;
         let path = dir.join("state.redb");
-        let db = Database::create(&path).map_err(|e| StoreError::Backend {
-            op: "open",
-            message: format!(
-                "{}: {e} (is another manager using this data dir?)",
-                path.display()
-            ),
-        })?;
+        // The manager keeps its model in memory and reads the store only at
+        // start-up, so redb's page cache (1 GiB by default) would mostly
+        // hold pages read once. Writes append near the end of each tree.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| StoreError::Backend {
+                op: "open",
+                message: format!(
+                    "{}: {e} (is another manager using this data dir?)",
+                    path.display()
+                ),
+            })?;
         // Create the tables so a read of a fresh store finds them.
         let txn = db.begin_write().map_err(|e| backend("begin")(e.into()))?;
         txn.open_table(TASKS)
