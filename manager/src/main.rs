@@ -3,6 +3,11 @@ use clap::Parser;
 use minkube_manager::{Args, Manager};
 use tokio::signal::unix::{signal, SignalKind};
 
+/// mimalloc instead of glibc malloc: many small, short-lived allocations
+/// per message, from several threads.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(minkube_manager::config::Command::Init { san }) = &args.command {
