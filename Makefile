@@ -8,7 +8,7 @@ TEST_IMAGE_LABEL ?= minkube.test-run=manual
 # Label key that marks test containers and images; clean-test-artifacts removes only those.
 TEST_RUN_LABEL ?= minkube.test-run
 
-.PHONY: all build test fmt fmt-check lint unit-test demo test-image clean-test-artifacts
+.PHONY: all build test fmt fmt-check lint unit-test demo bench bench-quick test-image clean-test-artifacts
 
 all: build
 
@@ -47,6 +47,16 @@ unit-test:
 ## demo: a manager, an agent and a few tasks on the local Docker; cleans up after itself
 demo:
 	bash scripts/demo.sh
+
+## bench: release build, every benchmark scenario, figures printed and written to bench/results.md
+bench:
+	$(cargo) build --release -p minkube-manager -p minkube-agent -p minkube-bench --bins
+	$(cargo) run --release -p minkube-bench -- --out bench/results.md $(BENCH_ARGS)
+
+## bench-quick: the same at smaller sizes (the targets are for full sizes); prints only
+bench-quick:
+	$(cargo) build --release -p minkube-manager -p minkube-agent -p minkube-bench --bins
+	$(cargo) run --release -p minkube-bench -- --quick $(BENCH_ARGS)
 
 ## test-image: the busybox image the tests use, tagged $(TEST_IMAGE_TAG)
 test-image:

@@ -1,0 +1,206 @@
+//! The manager under test: the real `minkube-manager` binary in its own
+//! process, so its CPU time and memory are its own.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use minkube::client::ControlClient;
+use minkube::pb;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::procstat::{self, ProcSample};
+
+/// Flags every benchmark manager gets: plaintext on loopback, and the
+/// per-client admission limits off (one bench process is "one client"
+/// sending the load of thousands).
+const BASE_FLAGS: &[&str] = &[
+    "--insecure",
+    "--host",
+    "127.0.0.1",
+    "--admin-host",
+    "127.0.0.1",
+    "--rate-limit",
+    "0",
+    "--max-in-flight",
+    "4096",
+];
+
+/// A running manager process.
+pub struct Manager {
+    child: Option<Child>,
+    bin: PathBuf,
+    data_dir: PathBuf,
+    log: PathBuf,
+    port: u16,
+    admin_port: u16,
+    extra: Vec<String>,
+    /// Spawn to first successful API call.
+    pub startup: Duration,
+}
+
+/// A free loopback port (bound, read, released).
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
+    Ok(l.local_addr()?.port())
+}
+
+impl Manager {
+    /// Starts `minkube-manager` from `bin_dir` on fresh ports with `data_dir`
+    /// and `extra` flags, and waits until it serves.
+    pub async fn start(
+        bin_dir: &Path,
+        data_dir: &Path,
+        log_dir: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let bin = bin_dir.join("minkube-manager");
+        if !bin.is_file() {
+            bail!(
+                "{} not found: build first (cargo build --release --workspace --bins)",
+                bin.display()
+            );
+        }
+        let mut m = Self {
+            child: None,
+            bin,
+            data_dir: data_dir.to_path_buf(),
+            log: log_dir.join("manager.log"),
+            port: free_port()?,
+            admin_port: free_port()?,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            startup: Duration::ZERO,
+        };
+        m.spawn().await?;
+        Ok(m)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("cannot open {}", self.log.display()))?;
+        let started = Instant::now();
+        let child = Command::new(&self.bin)
+            .args(BASE_FLAGS)
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--admin-port")
+            .arg(self.admin_port.to_string())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.bin.display()))?;
+        let addr = self.addr();
+        let child = self.child.insert(child);
+        let deadline = started + Duration::from_secs(120);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                bail!(
+                    "the manager exited at start ({status}); its log ends: {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                );
+            }
+            if let Ok(mut c) = client(&addr).await {
+                if c.list_nodes(pb::ListNodesRequest::default()).await.is_ok() {
+                    self.startup = started.elapsed();
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the manager did not serve within 120 s; see {}",
+                    self.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// `127.0.0.1:PORT` of the gRPC API.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Process id (0 once stopped).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// A new connection to the API.
+    pub async fn client(&self) -> anyhow::Result<ControlClient> {
+        client(&self.addr()).await
+    }
+
+    /// CPU and memory counters now.
+    pub fn sample(&self) -> anyhow::Result<ProcSample> {
+        procstat::sample(self.pid())
+    }
+
+    /// Sum of a counter (all label sets) on /metrics.
+    pub async fn metric_sum(&self, name: &str) -> anyhow::Result<f64> {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.admin_port)).await?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+            .await?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await?;
+        Ok(body
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    /// Stops the manager (SIGTERM, then SIGKILL after 30 s).
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Stops and starts the manager on the same data dir and ports;
+    /// `startup` then holds the time to serving again.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop()?;
+        self.spawn().await
+    }
+}
+
+/// A new connection to the API at `addr`.
+pub async fn client(addr: &str) -> anyhow::Result<ControlClient> {
+    let ch = minkube::client::channel(addr).await?;
+    Ok(ControlClient::new(ch).max_decoding_message_size(64 * 1024 * 1024))
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}

@@ -1,0 +1,296 @@
+//! Scenarios on the real Docker Engine: 100 short tasks through minkube
+//! next to the same 100 containers run directly, and an idle real agent.
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveImageOptionsBuilder,
+};
+use bollard::Docker;
+use futures::StreamExt;
+
+use super::{join, Ctx};
+use crate::load;
+use crate::manager::Manager;
+use crate::procstat::{self, mib};
+use crate::report::Section;
+use crate::stats::Latencies;
+use crate::watcher::Watcher;
+
+/// Label on everything this bench run makes in Docker.
+const RUN_LABEL: &str = "minkube-bench.run";
+
+/// A real `minkube-agent` process; stopped (SIGTERM) on drop.
+struct Agent(Child);
+
+impl Agent {
+    fn start(
+        bin_dir: &Path,
+        manager: &str,
+        data_dir: &Path,
+        log: &Path,
+        name: &str,
+        label: &str,
+    ) -> anyhow::Result<Self> {
+        let log = std::fs::File::create(log)?;
+        let child = Command::new(bin_dir.join("minkube-agent"))
+            .args([
+                "--insecure",
+                "--manager",
+                manager,
+                "--name",
+                name,
+                "--admin-port",
+                "0",
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--label", label])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start minkube-agent")?;
+        Ok(Self(child))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// Builds the busybox test image, labelled with this run.
+fn build_image(repo: &Path, tag: &str, run: &str) -> anyhow::Result<()> {
+    let out = Command::new("bash")
+        .arg(repo.join("scripts/test-image.sh"))
+        .arg(tag)
+        .arg(format!("{RUN_LABEL}={run}"))
+        .output()
+        .context("cannot run scripts/test-image.sh")?;
+    if !out.status.success() {
+        bail!(
+            "building the test image failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Removes the containers and the image of this run, and nothing else.
+async fn clean(docker: &Docker, run: &str, tag: &str) {
+    let filters: HashMap<String, Vec<String>> =
+        [("label".to_string(), vec![format!("{RUN_LABEL}={run}")])].into();
+    let opts = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    if let Ok(list) = docker.list_containers(Some(opts)).await {
+        let rm = RemoveContainerOptionsBuilder::default().force(true).build();
+        let removals = list.into_iter().filter_map(|c| c.id).map(|id| {
+            let rm = rm.clone();
+            async move { docker.remove_container(&id, Some(rm)).await }
+        });
+        futures::future::join_all(removals).await;
+    }
+    let rmi = RemoveImageOptionsBuilder::default().force(true).build();
+    let _ = docker.remove_image(tag, Some(rmi), None).await;
+}
+
+/// One direct run: create, start, wait for the exit (what `docker run` does).
+async fn direct_run(docker: &Docker, image: &str, run: &str, i: usize) -> anyhow::Result<()> {
+    let body = ContainerCreateBody {
+        image: Some(image.to_string()),
+        cmd: Some(vec!["true".to_string()]),
+        labels: Some([(RUN_LABEL.to_string(), run.to_string())].into()),
+        ..Default::default()
+    };
+    let opts = CreateContainerOptionsBuilder::default()
+        .name(&format!("bench-direct-{run}-{i}"))
+        .build();
+    let id = docker.create_container(Some(opts), body).await?.id;
+    docker.start_container(&id, None).await?;
+    let mut wait = docker.wait_container(&id, None);
+    while let Some(r) = wait.next().await {
+        r?;
+    }
+    Ok(())
+}
+
+/// 100 `true` tasks through minkube, then 100 direct runs.
+pub async fn real_docker(ctx: &Ctx) -> anyhow::Result<Section> {
+    let n = 100;
+    let run = format!("{}", std::process::id());
+    let tag = format!("minkube-bench:{run}");
+    let mut sec = Section::new(
+        "Real Docker: 100 short tasks",
+        "minkube-bench docker",
+        format!(
+            "{n} tasks running `true` in a local busybox image, all submitted at once, one real \
+             agent; then the same {n} containers run directly through the Docker API (create, \
+             start, wait) all at once, as the agent does (it does not cap parallel starts). Then 10 \
+             tasks running `sleep 2`, submitted 300 ms apart, for the exit latency of tasks that \
+             end one by one."
+        ),
+    );
+    let docker = Docker::connect_with_defaults().context("cannot reach Docker")?;
+    build_image(&ctx.repo, &tag, &run)?;
+    let result = async {
+        let dir = ctx.dir("docker")?;
+        let mut manager = Manager::start(&ctx.bin_dir, &dir.join("data"), &dir, &[]).await?;
+        let _agent = Agent::start(
+            &ctx.bin_dir,
+            &manager.addr(),
+            &dir.join("agent"),
+            &dir.join("agent.log"),
+            "docker-node",
+            "bench=docker",
+        )?;
+        let mut control = manager.client().await?;
+        crate::hollow::wait_ready(&mut control, 1, Duration::from_secs(60)).await?;
+        let mut watcher = Watcher::start(&manager.addr()).await?;
+        let (image, label) = (tag.clone(), run.clone());
+        let load = load::closed_loop(&manager.addr(), n, 1, n, move |i| {
+            let mut s = load::spec(&format!("d{i}"), &image, &["true"]);
+            s.labels.insert(RUN_LABEL.to_string(), label.clone());
+            s
+        })
+        .await?;
+        ensure!(
+            load.errors == 0,
+            "CreateTask failed: {}",
+            load.first_error.clone().unwrap_or_default()
+        );
+        watcher
+            .wait(Duration::from_secs(120), "every task finished", |p| {
+                p.finished >= n
+            })
+            .await?;
+        let seen = watcher.finish().await?;
+        let first = load.ok.iter().map(|s| s.sent).min().context("no task")?;
+        let last = seen
+            .values()
+            .filter_map(|s| s.finished)
+            .max()
+            .context("none finished")?;
+        let through_minkube = last.saturating_duration_since(first);
+        let burst_exits = join(&load.ok, &seen).exit_to_watcher;
+
+        // Exit latency outside a burst: tasks that end one by one.
+        let mut watcher = Watcher::start(&manager.addr()).await?;
+        let staggered = 10;
+        for i in 0..staggered {
+            let mut s = load::spec(&format!("s{i}"), &tag, &["sleep", "2"]);
+            s.labels.insert(RUN_LABEL.to_string(), run.clone());
+            control
+                .create_task(minkube::pb::CreateTaskRequest { spec: Some(s) })
+                .await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        watcher
+            .wait(
+                Duration::from_secs(60),
+                "the staggered tasks to finish",
+                |p| p.finished >= staggered,
+            )
+            .await?;
+        let seen = watcher.finish().await?;
+        let exits = Latencies::new(seen.values().filter_map(|s| s.exit_to_watcher).collect());
+        manager.stop()?;
+
+        let t = Instant::now();
+        let runs = (0..n).map(|i| direct_run(&docker, &tag, &run, i));
+        for r in futures::future::join_all(runs).await {
+            r.context("direct run")?;
+        }
+        let direct = t.elapsed();
+        anyhow::Ok((through_minkube, direct, burst_exits, exits))
+    }
+    .await;
+    clean(&docker, &run, &tag).await;
+    let (through_minkube, direct, burst_exits, exits) = result?;
+    let ratio = through_minkube.as_secs_f64() / direct.as_secs_f64();
+    sec.info(
+        "through minkube, submit -> all COMPLETED",
+        format!("{:.2} s", through_minkube.as_secs_f64()),
+    );
+    sec.info(
+        "direct Docker API, same containers",
+        format!("{:.2} s", direct.as_secs_f64()),
+    );
+    sec.check(
+        "ratio minkube / direct",
+        format!("{ratio:.2}"),
+        "<= 1.15",
+        ratio <= 1.15,
+    );
+    sec.check(
+        "container exit -> watcher (10 tasks ending 300 ms apart)",
+        exits.summary(),
+        "p99 < 100 ms",
+        exits.pct(99.0) < Duration::from_millis(100),
+    );
+    sec.info(
+        "container exit -> watcher (during the 100-task burst)",
+        burst_exits.summary(),
+    );
+    Ok(sec)
+}
+
+/// A real agent, connected and idle: its own memory and CPU.
+pub async fn agent_idle(ctx: &Ctx) -> anyhow::Result<Section> {
+    let window = Duration::from_secs(ctx.size(30, 10) as u64);
+    let mut sec = Section::new(
+        "Idle agent (real Docker runtime)",
+        "minkube-bench agent-idle",
+        format!(
+            "one minkube-agent process connected to a manager, no tasks, Docker events \
+             subscribed, heartbeats every 5 s; measured over {} s after 5 s to settle.",
+            window.as_secs()
+        ),
+    );
+    let dir = ctx.dir("agent-idle")?;
+    let mut manager = Manager::start(&ctx.bin_dir, &dir.join("data"), &dir, &[]).await?;
+    let agent = Agent::start(
+        &ctx.bin_dir,
+        &manager.addr(),
+        &dir.join("agent"),
+        &dir.join("agent.log"),
+        "idle-node",
+        "bench=idle",
+    )?;
+    let mut control = manager.client().await?;
+    crate::hollow::wait_ready(&mut control, 1, Duration::from_secs(60)).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let pid = agent.0.id();
+    let before = procstat::sample(pid)?;
+    let t = Instant::now();
+    tokio::time::sleep(window).await;
+    let after = procstat::sample(pid)?;
+    let cpu_pct = 100.0 * (after.cpu - before.cpu).as_secs_f64() / t.elapsed().as_secs_f64();
+    sec.check(
+        "agent RSS",
+        format!("{} (peak {})", mib(after.rss), mib(after.peak_rss)),
+        "< 15 MiB",
+        after.peak_rss < 15 * 1024 * 1024,
+    );
+    sec.check(
+        "agent CPU",
+        format!("{cpu_pct:.2} %"),
+        "< 0.5 %",
+        cpu_pct < 0.5,
+    );
+    drop(agent);
+    manager.stop()?;
+    Ok(sec)
+}

@@ -1,0 +1,249 @@
+//! Scenarios with hollow agents: throughput, latency at an offered load,
+//! and many idle agents.
+use std::time::{Duration, Instant};
+
+use anyhow::ensure;
+
+use super::{join, settle_time, Ctx};
+use crate::hollow::Fleet;
+use crate::load::{self, LoadResult};
+use crate::manager::Manager;
+use crate::procstat::mib;
+use crate::report::Section;
+use crate::watcher::Watcher;
+
+/// Image name the hollow tasks carry (the simulated runtime runs nothing).
+const SIM_IMAGE: &str = "bench/simulated:1";
+const STREAM_MESSAGES: &str = "minkube_manager_stream_messages_total";
+
+fn check_load(load: &LoadResult, wanted: usize) -> anyhow::Result<()> {
+    ensure!(
+        load.ok.len() == wanted,
+        "{} of {wanted} CreateTask calls failed; first error: {}",
+        load.errors,
+        load.first_error.as_deref().unwrap_or("-")
+    );
+    Ok(())
+}
+
+/// N hollow agents, M tasks from C concurrent callers, as fast as the
+/// manager acknowledges them.
+pub async fn throughput(ctx: &Ctx) -> anyhow::Result<Section> {
+    let agents = ctx.size(1000, 200);
+    let tasks = ctx.size(100_000, 20_000);
+    let (callers, connections) = (256, 8);
+    let mut sec = Section::new(
+        "Throughput: hollow agents, closed-loop submission",
+        "minkube-bench throughput",
+        format!(
+            "{agents} hollow agents (simulated runtime, tasks exit 100 ms after start), \
+             {tasks} tasks from {callers} concurrent callers on {connections} connections; \
+             every CreateTask answered only once durable (group commit)."
+        ),
+    );
+    let dir = ctx.dir("throughput")?;
+    let mut manager = Manager::start(
+        &ctx.bin_dir,
+        &dir.join("data"),
+        &dir,
+        &["--max-finished-tasks", "10000000"],
+    )
+    .await?;
+    let fleet = Fleet::start(
+        agents,
+        &manager.addr(),
+        "hollow",
+        Some(Duration::from_millis(100)),
+    )
+    .await?;
+    sec.info(
+        "agents connected and READY in",
+        format!("{:.2} s", fleet.connect_time.as_secs_f64()),
+    );
+    let mut watcher = Watcher::start(&manager.addr()).await?;
+    let before = manager.sample()?;
+    let bench_before = crate::procstat::sample(std::process::id())?;
+    let msgs_before = manager.metric_sum(STREAM_MESSAGES).await?;
+
+    let load = load::closed_loop(&manager.addr(), callers, connections, tasks, |i| {
+        load::spec(&format!("t{i}"), SIM_IMAGE, &[])
+    })
+    .await?;
+    check_load(&load, tasks)?;
+    watcher
+        .wait(settle_time(tasks), "every task RUNNING", |p| {
+            p.running >= tasks
+        })
+        .await?;
+    watcher
+        .wait(settle_time(tasks), "every task finished", |p| {
+            p.finished >= tasks
+        })
+        .await?;
+    let after = manager.sample()?;
+    let bench_after = crate::procstat::sample(std::process::id())?;
+    let msgs_after = manager.metric_sum(STREAM_MESSAGES).await?;
+    let seen = watcher.finish().await?;
+    let j = join(&load.ok, &seen);
+    ensure!(
+        j.missing == 0,
+        "{} tasks were never seen RUNNING",
+        j.missing
+    );
+
+    let acked_rate = tasks as f64 / load.elapsed.as_secs_f64();
+    sec.info(
+        "CreateTask acknowledged (durable)",
+        format!("{acked_rate:.0} tasks/s"),
+    );
+    sec.check(
+        "submit -> RUNNING",
+        format!("{:.0} tasks/s", j.running_rate),
+        ">= 10,000 tasks/s",
+        j.running_rate >= 10_000.0,
+    );
+    sec.info(
+        "submit -> COMPLETED",
+        format!("{:.0} tasks/s", j.completed_rate),
+    );
+    sec.info(
+        "submit -> RUNNING latency (saturated)",
+        j.to_running.summary(),
+    );
+    let acks = crate::stats::Latencies::new(load.ok.iter().map(|s| s.ack).collect());
+    sec.info("CreateTask latency (saturated)", acks.summary());
+    let cpu = (after.cpu - before.cpu).as_secs_f64();
+    sec.info(
+        "manager CPU per 1,000 tasks",
+        format!("{:.3} s", cpu / (tasks as f64 / 1000.0)),
+    );
+    sec.info("manager peak RSS", mib(after.peak_rss));
+    sec.info(
+        "bench process CPU per 1,000 tasks (hollow agents, clients, watcher; same 2 cores)",
+        format!(
+            "{:.3} s",
+            (bench_after.cpu - bench_before.cpu).as_secs_f64() / (tasks as f64 / 1000.0)
+        ),
+    );
+    sec.info(
+        "stream messages per task (both directions)",
+        format!("{:.2}", (msgs_after - msgs_before) / tasks as f64),
+    );
+    fleet.stop().await;
+    manager.stop()?;
+    Ok(sec)
+}
+
+/// The same cluster at a fixed offered load: latency when not saturated,
+/// and container exit -> watcher.
+pub async fn offered_load(ctx: &Ctx) -> anyhow::Result<Section> {
+    let agents = ctx.size(1000, 200);
+    let rate = 2000u32;
+    let tasks = ctx.size(20_000, 6_000);
+    let mut sec = Section::new(
+        "Latency at an offered load of 2,000 tasks/s (hollow agents)",
+        "minkube-bench offered-load",
+        format!(
+            "{agents} hollow agents, {tasks} tasks offered at {rate}/s by 200 clients on 8 \
+             connections (open loop: latency counts from when each request was due), tasks exit 50 ms after start; a WatchTasks client \
+             records when each task is seen RUNNING and finished."
+        ),
+    );
+    let dir = ctx.dir("offered-load")?;
+    let mut manager = Manager::start(&ctx.bin_dir, &dir.join("data"), &dir, &[]).await?;
+    let fleet = Fleet::start(
+        agents,
+        &manager.addr(),
+        "hollow",
+        Some(Duration::from_millis(50)),
+    )
+    .await?;
+    let mut watcher = Watcher::start(&manager.addr()).await?;
+    let load = load::open_loop(&manager.addr(), rate, 200, 8, tasks, |i| {
+        load::spec(&format!("t{i}"), SIM_IMAGE, &[])
+    })
+    .await?;
+    check_load(&load, tasks)?;
+    watcher
+        .wait(settle_time(tasks), "every task finished", |p| {
+            p.finished >= tasks
+        })
+        .await?;
+    let seen = watcher.finish().await?;
+    let j = join(&load.ok, &seen);
+    ensure!(
+        j.missing == 0,
+        "{} tasks were never seen RUNNING",
+        j.missing
+    );
+    let p99 = j.to_running.pct(99.0);
+    sec.check(
+        "submit -> RUNNING latency",
+        j.to_running.summary(),
+        "p99 < 50 ms",
+        p99 < Duration::from_millis(50),
+    );
+    let exit_p99 = j.exit_to_watcher.pct(99.0);
+    sec.check(
+        "container exit -> watcher",
+        j.exit_to_watcher.summary(),
+        "p99 < 10 ms",
+        exit_p99 < Duration::from_millis(10),
+    );
+    fleet.stop().await;
+    manager.stop()?;
+    Ok(sec)
+}
+
+/// Many connected agents doing nothing but heartbeats.
+pub async fn idle_agents(ctx: &Ctx) -> anyhow::Result<Section> {
+    let agents = ctx.size(5000, 1000);
+    let window = Duration::from_secs(ctx.size(30, 10) as u64);
+    let mut sec = Section::new(
+        "Idle cluster: hollow agents with 5 s heartbeats",
+        "minkube-bench idle-agents",
+        format!(
+            "{agents} hollow agents connected (one gRPC connection and stream each, heartbeat \
+             every 5 s), no tasks; manager CPU measured over {} s once all are READY.",
+            window.as_secs()
+        ),
+    );
+    let dir = ctx.dir("idle-agents")?;
+    let mut manager = Manager::start(
+        &ctx.bin_dir,
+        &dir.join("data"),
+        &dir,
+        &["--heartbeat-interval", "5s"],
+    )
+    .await?;
+    let fleet = Fleet::start(agents, &manager.addr(), "idle", None).await?;
+    sec.info(
+        "agents connected and READY in",
+        format!("{:.2} s", fleet.connect_time.as_secs_f64()),
+    );
+    // Let the connection burst settle before measuring the steady state.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let before = manager.sample()?;
+    let t0 = Instant::now();
+    tokio::time::sleep(window).await;
+    let after = manager.sample()?;
+    let cpu_pct = 100.0 * (after.cpu - before.cpu).as_secs_f64() / t0.elapsed().as_secs_f64();
+    sec.check(
+        "manager CPU",
+        format!("{cpu_pct:.1} % of one core"),
+        "< 25 %",
+        cpu_pct < 25.0,
+    );
+    sec.check(
+        "manager RSS",
+        format!("{} (peak {})", mib(after.rss), mib(after.peak_rss)),
+        "< 512 MiB",
+        after.peak_rss < 512 * 1024 * 1024,
+    );
+    let mut control = manager.client().await?;
+    let ready = crate::hollow::ready_nodes(&mut control).await?;
+    sec.info("nodes READY at the end", format!("{ready} of {agents}"));
+    fleet.stop().await;
+    manager.stop()?;
+    Ok(sec)
+}
