@@ -113,7 +113,7 @@ impl ControlService for ControlApi {
         &self,
         req: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::GetTaskResponse>, Status> {
-        let (task, events) = self.cluster.get_task(&req.into_inner().id)?;
+        let (task, events) = self.cluster.get_task(&req.into_inner().id).await?;
         Ok(Response::new(pb::GetTaskResponse {
             task: Some(task),
             events,

@@ -71,6 +71,8 @@ impl Default for ClusterConfig {
 pub struct Cluster {
     pub(crate) config: ClusterConfig,
     state: Mutex<State>,
+    /// For reads of what memory does not keep (finished tasks' events).
+    store: Arc<dyn Store>,
     committer: Committer,
     schedule: Notify,
     /// Durable task changes for `WatchTasks`.
@@ -86,17 +88,21 @@ pub struct Cluster {
 impl Cluster {
     /// Loads the store and starts the scheduler loop.
     pub fn start(store: Arc<dyn Store>, config: ClusterConfig) -> Result<Arc<Self>, ManagerError> {
-        let snapshot = store.load()?;
-        let state = State::from_snapshot(snapshot);
+        let started = std::time::Instant::now();
+        let mut state = State::from_snapshot(store.load()?);
+        // Streamed: the tasks never sit in a second copy while loading.
+        store.load_tasks(&mut |task, events| state.load_task(task, events))?;
         tracing::info!(
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             tasks = state.tasks.len(),
             nodes = state.nodes.len(),
             waiting = state.unplaced.len(),
             "state loaded"
         );
-        let committer = Committer::start(store, config.max_pending_writes)?;
+        let committer = Committer::start(Arc::clone(&store), config.max_pending_writes)?;
         let cluster = Arc::new(Self {
             config,
+            store,
             state: Mutex::new(state),
             committer,
             schedule: Notify::new(),
@@ -140,6 +146,24 @@ impl Cluster {
             None => committer::durable(done).await?,
         }
         Ok(value)
+    }
+
+    /// Waits until every change made so far is durable.
+    pub(crate) async fn flushed(&self) -> Result<(), ManagerError> {
+        Ok(self.committer.flushed().await?)
+    }
+
+    /// A task's events as stored (a blocking read, off the async threads).
+    pub(crate) async fn read_events(&self, id: &str) -> Result<Vec<pb::TaskEvent>, ManagerError> {
+        let store = Arc::clone(&self.store);
+        let id = id.to_string();
+        let events = tokio::task::spawn_blocking(move || store.task_events(&id))
+            .await
+            .map_err(|e| crate::store::StoreError::Backend {
+                op: "read events",
+                message: e.to_string(),
+            })??;
+        Ok(events)
     }
 
     /// Asks the scheduler to look at the pending queue.

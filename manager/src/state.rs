@@ -108,8 +108,11 @@ pub enum TransitionError {
 /// Everything the manager knows.
 #[derive(Debug, Default)]
 pub struct State {
-    /// Tasks by id; ids are UUIDv7, so this is creation order.
-    pub tasks: BTreeMap<String, TaskEntry>,
+    /// Tasks by id; ids are UUIDv7, so this is creation order. Boxed: the
+    /// tree's nodes stay small (ordered inserts leave them half full, which
+    /// would double the ~650 bytes of an inline entry). Finished tasks keep
+    /// no events in memory (see [`State::transition`]).
+    pub tasks: BTreeMap<String, Box<TaskEntry>>,
     /// Nodes by id.
     pub nodes: HashMap<String, NodeEntry>,
     /// Ids of tasks waiting for a node, creation order: the scheduler's
@@ -178,25 +181,29 @@ impl State {
                 },
             );
         }
-        for (stored, events) in snap.tasks {
-            let Some(task) = stored.task else { continue };
-            let entry = TaskEntry {
-                task,
-                last_sequence: stored.last_sequence,
-                events,
-                trace_context: stored.trace_context,
-            };
-            let id = entry.task.id.clone();
-            if needs_node(&entry) {
-                st.unplaced.insert(id.clone());
-            }
-            if state_machine::is_active_on_node(entry.state()) {
-                st.reserve(&entry, 1);
-            }
-            st.count(entry.state(), 1);
-            st.tasks.insert(id, entry);
-        }
         st
+    }
+
+    /// Adds a task read from the store at start-up (see [`Store::load_tasks`]).
+    ///
+    /// [`Store::load_tasks`]: crate::store::Store::load_tasks
+    pub fn load_task(&mut self, stored: StoredTask, events: Vec<pb::TaskEvent>) {
+        let Some(task) = stored.task else { return };
+        let entry = TaskEntry {
+            task,
+            last_sequence: stored.last_sequence,
+            events,
+            trace_context: stored.trace_context,
+        };
+        let id = entry.task.id.clone();
+        if needs_node(&entry) {
+            self.unplaced.insert(id.clone());
+        }
+        if state_machine::is_active_on_node(entry.state()) {
+            self.reserve(&entry, 1);
+        }
+        self.count(entry.state(), 1);
+        self.tasks.insert(id, Box::new(entry));
     }
 
     fn count(&mut self, state: TaskState, sign: i8) {
@@ -251,7 +258,7 @@ impl State {
             .get(node_id)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.tasks.get(id))
+            .filter_map(|id| self.tasks.get(id).map(|e| &**e))
     }
 
     /// Adds a new PENDING task with its creation event.
@@ -291,7 +298,7 @@ impl State {
         self.unplaced.insert(id.clone());
         self.fresh.push(id.clone());
         self.count(entry.state(), 1);
-        self.tasks.insert(id, entry);
+        self.tasks.insert(id, Box::new(entry));
     }
 
     /// Starts a new attempt of an active task: back to SCHEDULED without a
@@ -433,8 +440,15 @@ impl State {
             attempt: status.attempt,
         };
         entry.task.updated_at = Some(ts);
-        entry.events.push(event.clone());
-        let index = u32::try_from(entry.events.len() - 1).unwrap_or(u32::MAX);
+        let index = u32::try_from(entry.events.len()).unwrap_or(u32::MAX);
+        if state_machine::is_terminal(to) {
+            // A finished task never changes again: its history lives in the
+            // store alone (GetTask reads it there), so a million finished
+            // tasks do not keep four million events in memory.
+            entry.events = Vec::new();
+        } else {
+            entry.events.push(event.clone());
+        }
         out.push(Mutation::PutTask(Box::new(entry.stored())));
         out.push(Mutation::PutEvent {
             task_id: id.to_string(),
@@ -614,7 +628,10 @@ mod tests {
         )
         .unwrap();
         let e = &st.tasks["t1"];
-        assert_eq!(e.events.len(), 4);
+        assert!(
+            e.events.is_empty(),
+            "a finished task's history is in the store only"
+        );
         assert!(e.status().finished_at.is_some());
         // 2 for insert + 2 per transition.
         assert_eq!(out.len(), 8);
@@ -647,11 +664,6 @@ mod tests {
         st.transition("b", TaskState::Scheduled, "placed", place("n1"), &mut out)
             .unwrap();
         let snap = Snapshot {
-            tasks: st
-                .tasks
-                .values()
-                .map(|e| (e.stored(), e.events.clone()))
-                .collect(),
             nodes: vec![pb::Node {
                 id: "n1".into(),
                 state: pb::NodeState::Ready as i32,
@@ -659,7 +671,10 @@ mod tests {
             }],
             ..Snapshot::default()
         };
-        let re = State::from_snapshot(snap);
+        let mut re = State::from_snapshot(snap);
+        for e in st.tasks.values() {
+            re.load_task(e.stored(), e.events.clone());
+        }
         assert!(re.unplaced.contains("a") && !re.unplaced.contains("b"));
         assert_eq!(re.usage("n1").memory_mb, 20);
         let active: Vec<_> = re.active_on("n1").map(|e| e.task.id.as_str()).collect();

@@ -98,6 +98,12 @@ pub fn apply_update(
         return Applied::Ignored("unknown task");
     };
     let status = e.status();
+    if state_machine::is_terminal(status.state()) && status.node_id != node_id {
+        // Finished tasks keep no history in memory to tell a node that once
+        // ran an earlier attempt from one that never did; nothing can change
+        // a finished task anyway.
+        return Applied::Ignored("task has finished");
+    }
     if status.node_id != node_id {
         // A node that once ran this attempt may still report it (e.g. after
         // a partition); one that never did is speaking for another node.
@@ -379,6 +385,27 @@ mod tests {
     }
 
     #[test]
+    fn reports_about_finished_tasks_change_nothing() {
+        let mut st = State::default();
+        placed(&mut st, "t", "n1");
+        let mut out = Vec::new();
+        let done = update("t", 1, TaskState::Completed);
+        assert_eq!(
+            apply_update(&mut st, "n1", &T, &done, &mut out),
+            Applied::Changed
+        );
+        // Its history is no longer in memory; any node's late word is dropped.
+        for node in ["n2", "n1"] {
+            let late = update("t", 2, TaskState::Failed);
+            assert!(matches!(
+                apply_update(&mut st, node, &T, &late, &mut out),
+                Applied::Ignored(_)
+            ));
+        }
+        assert_eq!(st.tasks["t"].state(), TaskState::Completed);
+    }
+
+    #[test]
     fn ignores_other_nodes_attempts_and_impossible_changes() {
         let mut st = State::default();
         placed(&mut st, "t", "n1");
@@ -468,16 +495,16 @@ mod tests {
         let mut u = update("p", 1, TaskState::Failed);
         u.failure = FailureKind::Permanent as i32;
         u.reason = "image \"x\" not found".into();
+        out.clear();
         apply_update(&mut st, "n1", &T, &u, &mut out);
         assert_eq!(st.tasks["p"].state(), TaskState::Failed);
-        assert_eq!(
-            st.tasks["p"]
-                .events
-                .iter()
-                .filter(|e| e.state() == TaskState::Failed)
-                .count(),
-            1
-        );
+        let failed_events = out
+            .iter()
+            .filter(|m| {
+                matches!(m, Mutation::PutEvent { event, .. } if event.state() == TaskState::Failed)
+            })
+            .count();
+        assert_eq!(failed_events, 1, "one FAILED event, no retry");
 
         let mut st = State::default();
         placed(&mut st, "a", "n1");

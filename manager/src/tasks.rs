@@ -67,14 +67,24 @@ impl Cluster {
         Ok(task)
     }
 
-    /// A task and its events.
-    pub fn get_task(&self, id: &str) -> Result<(pb::Task, Vec<pb::TaskEvent>), ManagerError> {
-        let st = self.lock();
-        let e = st
-            .tasks
-            .get(id)
-            .ok_or_else(|| ManagerError::TaskNotFound(id.to_string()))?;
-        Ok((e.task.clone(), e.events.clone()))
+    /// A task and its events. A finished task's events are read from the
+    /// store (memory keeps only unfinished tasks' histories).
+    pub async fn get_task(&self, id: &str) -> Result<(pb::Task, Vec<pb::TaskEvent>), ManagerError> {
+        let (task, events) = {
+            let st = self.lock();
+            let e = st
+                .tasks
+                .get(id)
+                .ok_or_else(|| ManagerError::TaskNotFound(id.to_string()))?;
+            (e.task.clone(), e.events.clone())
+        };
+        if !events.is_empty() {
+            return Ok((task, events));
+        }
+        // Its last events may still be queued: wait until they are durable.
+        self.flushed().await?;
+        let events = self.read_events(id).await?;
+        Ok((task, events))
     }
 
     /// Resolves a node given by id or name, for filters.
@@ -276,18 +286,24 @@ mod tests {
         };
         assert_eq!(c.list_tasks(&pending, 0, "").unwrap().total_count, 4);
         assert!(c.list_tasks(&pending, 0, "garbage").is_err());
+        let (_, events) = c.get_task(&ids[1]).await.unwrap();
+        assert_eq!(
+            events.len(),
+            2,
+            "a finished task's history comes from the store"
+        );
         c.shutdown(std::time::Duration::from_secs(1)).await;
         drop(c);
 
         let c = cluster(dir.path()).await;
-        let (task, events) = c.get_task(&ids[1]).unwrap();
+        let (task, events) = c.get_task(&ids[1]).await.unwrap();
         assert_eq!(task.desired_state(), DesiredState::Stopped);
         let states: Vec<_> = events.iter().map(|e| e.state()).collect();
         assert_eq!(states, [TaskState::Pending, TaskState::Completed]);
         assert_eq!(c.list_tasks(&pending, 0, "").unwrap().total_count, 4);
-        let (_, events) = c.get_task(&ids[0]).unwrap();
+        let (_, events) = c.get_task(&ids[0]).await.unwrap();
         assert_eq!(events.len(), 1);
-        assert!(c.get_task("nope").is_err());
+        assert!(c.get_task("nope").await.is_err());
         c.shutdown(std::time::Duration::from_secs(1)).await;
     }
 }

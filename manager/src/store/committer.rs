@@ -84,6 +84,25 @@ impl Committer {
             let _ = done.send(Ok(()));
             return rx;
         }
+        self.enqueue(permit, mutations, done);
+        rx
+    }
+
+    /// Waits until everything submitted before this call is durable (a
+    /// barrier: reads of the store then see every change memory has seen).
+    pub async fn flushed(&self) -> Result<(), StoreError> {
+        let permit = self.reserve().await?;
+        let (done, rx) = oneshot::channel();
+        self.enqueue(permit, Vec::new(), done);
+        durable(rx).await
+    }
+
+    fn enqueue(
+        &self,
+        permit: CommitPermit,
+        mutations: Vec<Mutation>,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    ) {
         let mut q = self
             .shared
             .queue
@@ -91,7 +110,7 @@ impl Committer {
             .unwrap_or_else(PoisonError::into_inner);
         if q.closed {
             let _ = done.send(Err(StoreError::Closed));
-            return rx;
+            return;
         }
         q.items.push(Pending {
             mutations,
@@ -100,7 +119,6 @@ impl Committer {
         });
         drop(q);
         self.shared.wake.notify_one();
-        rx
     }
 
     /// Commits what is queued, then stops the writer thread. Idempotent.
@@ -138,7 +156,7 @@ pub async fn durable(rx: oneshot::Receiver<Result<(), StoreError>>) -> Result<()
 
 fn run(shared: &Shared, store: &dyn Store) {
     loop {
-        let batch: Vec<Pending> = {
+        let mut batch: Vec<Pending> = {
             let mut q = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
             while q.items.is_empty() && !q.closed {
                 q = shared.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
@@ -149,10 +167,18 @@ fn run(shared: &Shared, store: &dyn Store) {
             let n = q.items.len().min(MAX_REQUESTS_PER_COMMIT);
             q.items.drain(..n).collect()
         };
+        // Moved, not cloned: each mutation holds a whole task record.
         let all: Vec<Mutation> = batch
-            .iter()
-            .flat_map(|p| p.mutations.iter().cloned())
+            .iter_mut()
+            .flat_map(|p| std::mem::take(&mut p.mutations))
             .collect();
+        if all.is_empty() {
+            // Only barriers: everything before them is already durable.
+            for p in batch {
+                let _ = p.done.send(Ok(()));
+            }
+            continue;
+        }
         let started = std::time::Instant::now();
         let result = store.commit(&all);
         metrics::histogram!("minkube_manager_store_commit_seconds")
@@ -185,6 +211,15 @@ mod tests {
     impl Store for CountingStore {
         fn load(&self) -> Result<Snapshot, StoreError> {
             Ok(Snapshot::default())
+        }
+        fn load_tasks(
+            &self,
+            _: &mut dyn FnMut(StoredTask, Vec<minkube::pb::TaskEvent>),
+        ) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn task_events(&self, _: &str) -> Result<Vec<minkube::pb::TaskEvent>, StoreError> {
+            Ok(Vec::new())
         }
         fn commit(&self, batch: &[Mutation]) -> Result<(), StoreError> {
             // Slow enough that later requests queue up behind the first.
@@ -231,5 +266,24 @@ mod tests {
         c.shutdown();
         durable(w).await.unwrap();
         assert!(c.reserve().await.is_err());
+        assert!(c.flushed().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn flushed_waits_for_earlier_writes() {
+        let store = Arc::new(CountingStore::default());
+        let c = Committer::start(store.clone(), 10).unwrap();
+        let p = c.reserve().await.unwrap();
+        let w = c.submit(p, vec![put("a")]);
+        c.flushed().await.unwrap();
+        assert_eq!(store.commits.lock().unwrap().as_slice(), [1]);
+        durable(w).await.unwrap();
+        c.flushed().await.unwrap();
+        assert_eq!(
+            store.commits.lock().unwrap().len(),
+            1,
+            "a barrier alone commits nothing"
+        );
+        c.shutdown();
     }
 }

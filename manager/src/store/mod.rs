@@ -40,11 +40,10 @@ pub enum Mutation {
     PutJoinToken(String),
 }
 
-/// Everything the store holds, read once at start-up.
+/// The small records the store holds, read once at start-up (tasks are
+/// streamed by [`Store::load_tasks`]).
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// Tasks with their events, in id order (creation order: ids are UUIDv7).
-    pub tasks: Vec<(StoredTask, Vec<pb::TaskEvent>)>,
     /// Nodes.
     pub nodes: Vec<pb::Node>,
     /// API tokens, by name.
@@ -79,8 +78,19 @@ pub enum StoreError {
 
 /// A durable key-value store for minkube's records.
 pub trait Store: Send + Sync + 'static {
-    /// Reads everything (start-up only).
+    /// Reads nodes, tokens and settings (start-up only).
     fn load(&self) -> Result<Snapshot, StoreError>;
+    /// Streams every task in id order (creation order: ids are UUIDv7) to
+    /// `on_task` (start-up only). Unfinished tasks come with their events;
+    /// finished ones with none: their history is read on demand with
+    /// [`Store::task_events`], so a store of a million finished tasks loads
+    /// fast and costs little memory.
+    fn load_tasks(
+        &self,
+        on_task: &mut dyn FnMut(StoredTask, Vec<pb::TaskEvent>),
+    ) -> Result<(), StoreError>;
+    /// The events of one task, oldest first (empty for an unknown task).
+    fn task_events(&self, task_id: &str) -> Result<Vec<pb::TaskEvent>, StoreError>;
     /// Applies all mutations in one durable transaction: all or none.
     fn commit(&self, batch: &[Mutation]) -> Result<(), StoreError>;
 }

@@ -6,6 +6,8 @@ use minkube::pb;
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use minkube_common::state_machine;
+
 use super::{Mutation, Snapshot, Store, StoreError, StoredTask, StoredToken};
 
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
@@ -79,28 +81,8 @@ impl RedbStore {
 
     fn load_inner(&self) -> Result<Snapshot, redb::Error> {
         let txn = self.db.begin_read()?;
-        let tasks = txn.open_table(TASKS)?;
-        let events = txn.open_table(EVENTS)?;
         let nodes = txn.open_table(NODES)?;
         let mut snap = Snapshot::default();
-        // Events are keyed (task id, index), so one ordered scan groups them by task.
-        let mut by_task: std::collections::HashMap<String, Vec<pb::TaskEvent>> =
-            std::collections::HashMap::new();
-        for item in events.iter()? {
-            let (k, v) = item?;
-            let (task_id, index) = k.value();
-            let event = decode::<pb::TaskEvent>(&format!("events/{task_id}/{index}"), v.value())
-                .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
-            by_task.entry(task_id.to_string()).or_default().push(event);
-        }
-        for item in tasks.iter()? {
-            let (k, v) = item?;
-            let id = k.value();
-            let stored = decode::<StoredTask>(&format!("tasks/{id}"), v.value())
-                .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
-            let evs = by_task.remove(id).unwrap_or_default();
-            snap.tasks.push((stored, evs));
-        }
         for item in nodes.iter()? {
             let (k, v) = item?;
             let node = decode::<pb::Node>(&format!("nodes/{}", k.value()), v.value())
@@ -118,6 +100,33 @@ impl RedbStore {
             .get(JOIN_TOKEN_KEY)?
             .map(|v| v.value().to_string());
         Ok(snap)
+    }
+
+    fn load_tasks_inner(
+        &self,
+        on_task: &mut dyn FnMut(StoredTask, Vec<pb::TaskEvent>),
+    ) -> Result<(), redb::Error> {
+        let txn = self.db.begin_read()?;
+        let tasks = txn.open_table(TASKS)?;
+        let events = txn.open_table(EVENTS)?;
+        for item in tasks.iter()? {
+            let (k, v) = item?;
+            let id = k.value();
+            let stored = decode::<StoredTask>(&format!("tasks/{id}"), v.value())
+                .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+            let finished = stored
+                .task
+                .as_ref()
+                .and_then(|t| t.status.as_ref())
+                .is_some_and(|s| state_machine::is_terminal(s.state()));
+            let evs = if finished {
+                Vec::new()
+            } else {
+                read_events(&events, id)?
+            };
+            on_task(stored, evs);
+        }
+        Ok(())
     }
 
     fn commit_inner(&self, batch: &[Mutation]) -> Result<(), redb::Error> {
@@ -173,9 +182,41 @@ impl Store for RedbStore {
         self.load_inner().map_err(backend("load"))
     }
 
+    fn load_tasks(
+        &self,
+        on_task: &mut dyn FnMut(StoredTask, Vec<pb::TaskEvent>),
+    ) -> Result<(), StoreError> {
+        self.load_tasks_inner(on_task)
+            .map_err(backend("load tasks"))
+    }
+
+    fn task_events(&self, task_id: &str) -> Result<Vec<pb::TaskEvent>, StoreError> {
+        let read = || -> Result<_, redb::Error> {
+            let txn = self.db.begin_read()?;
+            read_events(&txn.open_table(EVENTS)?, task_id)
+        };
+        read().map_err(backend("read events"))
+    }
+
     fn commit(&self, batch: &[Mutation]) -> Result<(), StoreError> {
         self.commit_inner(batch).map_err(backend("commit"))
     }
+}
+
+/// The events of one task, in index order.
+fn read_events(
+    events: &impl ReadableTable<(&'static str, u32), &'static [u8]>,
+    task_id: &str,
+) -> Result<Vec<pb::TaskEvent>, redb::Error> {
+    let mut out = Vec::new();
+    for item in events.range((task_id, 0)..=(task_id, u32::MAX))? {
+        let (k, v) = item?;
+        let (_, index) = k.value();
+        let event = decode::<pb::TaskEvent>(&format!("events/{task_id}/{index}"), v.value())
+            .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+        out.push(event);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -236,15 +277,56 @@ mod tests {
         }
         let s = RedbStore::open(dir.path()).unwrap();
         let snap = s.load().unwrap();
-        assert_eq!(snap.tasks.len(), 2);
-        assert_eq!(snap.tasks[0].0, task("t1"));
-        let reasons: Vec<_> = snap.tasks[0].1.iter().map(|e| e.reason.as_str()).collect();
+        let tasks = all_tasks(&s);
+        assert_eq!(tasks.len(), 2);
+        assert_eq!(tasks[0].0, task("t1"));
+        let reasons: Vec<_> = tasks[0].1.iter().map(|e| e.reason.as_str()).collect();
         assert_eq!(reasons, ["a", "b"]);
+        assert_eq!(s.task_events("t1").unwrap(), tasks[0].1);
         assert_eq!(snap.nodes[0].name, "a");
 
         s.commit(&[Mutation::DeleteTask("t1".into())]).unwrap();
-        let snap = s.load().unwrap();
-        assert_eq!(snap.tasks.len(), 1);
-        assert_eq!(snap.tasks[0].1.len(), 1, "t2's events stay");
+        let tasks = all_tasks(&s);
+        assert_eq!(tasks.len(), 1);
+        assert_eq!(tasks[0].1.len(), 1, "t2's events stay");
+        assert!(s.task_events("t1").unwrap().is_empty());
+    }
+
+    fn all_tasks(s: &RedbStore) -> Vec<(StoredTask, Vec<pb::TaskEvent>)> {
+        let mut all = Vec::new();
+        s.load_tasks(&mut |t, evs| all.push((t, evs))).unwrap();
+        all
+    }
+
+    #[test]
+    fn finished_tasks_load_without_events_which_stay_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
+        let mut done = task("done");
+        if let Some(t) = done.task.as_mut() {
+            t.status = Some(pb::TaskStatus {
+                state: pb::TaskState::Completed as i32,
+                ..Default::default()
+            });
+        }
+        let mut batch = vec![
+            Mutation::PutTask(Box::new(done)),
+            Mutation::PutTask(Box::new(task("live"))),
+        ];
+        for id in ["done", "live"] {
+            batch.push(Mutation::PutEvent {
+                task_id: id.into(),
+                index: 0,
+                event: Box::new(event(id, "accepted")),
+            });
+        }
+        s.commit(&batch).unwrap();
+        let tasks = all_tasks(&s);
+        let ids: Vec<_> = tasks
+            .iter()
+            .map(|(t, evs)| (t.task.as_ref().unwrap().id.as_str(), evs.len()))
+            .collect();
+        assert_eq!(ids, [("done", 0), ("live", 1)]);
+        assert_eq!(s.task_events("done").unwrap()[0].reason, "accepted");
     }
 }
