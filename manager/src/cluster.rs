@@ -255,10 +255,11 @@ impl Cluster {
         use minkube::pb::NodeState;
         let (tasks, nodes, connected) = {
             let st = self.lock();
+            // Kept per state by State: a scrape never walks every task.
             let mut tasks = [0u64; 6];
-            for e in st.tasks.values() {
-                if let Some(n) = tasks.get_mut(e.state() as usize) {
-                    *n += 1;
+            for s in minkube::convert::TASK_STATES {
+                if let Some(n) = tasks.get_mut(s as usize) {
+                    *n = st.count_in(s);
                 }
             }
             let mut nodes = [0u64; 4];

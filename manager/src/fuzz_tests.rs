@@ -70,7 +70,10 @@ fn update() -> impl Strategy<Value = pb::TaskStatusUpdate> {
 fn snapshot(st: &State) -> HashMap<String, (pb::Task, usize)> {
     st.tasks
         .iter()
-        .map(|(id, e)| (id.clone(), (e.task.clone(), e.events.len())))
+        .filter_map(|(id, t)| {
+            t.entry()
+                .map(|e| (id.clone(), (e.task.clone(), e.events.len())))
+        })
         .collect()
 }
 
@@ -78,7 +81,8 @@ fn check_after(
     before: &HashMap<String, (pb::Task, usize)>,
     st: &State,
 ) -> Result<(), TestCaseError> {
-    for (id, e) in &st.tasks {
+    for (id, t) in st.tasks.iter() {
+        let e = t.entry().unwrap();
         let (old, _) = &before[id];
         let old_state = old.status.as_ref().unwrap().state();
         if old.status.as_ref().unwrap().node_id == "n2" {
@@ -127,6 +131,21 @@ proptest! {
         }
         // Every change was written out for the store.
         prop_assert!(out.iter().all(|m| !matches!(m, crate::store::Mutation::DeleteTask(_))));
+        // The histories written (finished tasks keep theirs only there) are
+        // legal step by step.
+        let mut last: HashMap<&str, TaskState> = HashMap::new();
+        for m in &out {
+            if let crate::store::Mutation::PutEvent { task_id, event, .. } = m {
+                if let Some(prev) = last.insert(task_id, event.state()) {
+                    prop_assert!(
+                        prev == event.state() || state_machine::can_transition(prev, event.state()),
+                        "illegal step {:?} -> {:?}",
+                        prev,
+                        event.state()
+                    );
+                }
+            }
+        }
     }
 
     #[test]
@@ -161,7 +180,8 @@ fn a_huge_reason_is_cut_and_an_absurd_container_id_refused() {
         ..Default::default()
     };
     apply_update(&mut st, "n1", &TIMINGS, &long, &mut out);
-    let reason = &st.tasks["a1"].status().reason;
+    let a1 = st.tasks.get("a1").unwrap();
+    let reason = &a1.status().reason;
     assert_eq!(reason.len(), MAX_REASON_BYTES + 3, "cut with an ellipsis");
     let absurd = pb::TaskStatusUpdate {
         sequence: 2,
@@ -174,5 +194,5 @@ fn a_huge_reason_is_cut_and_an_absurd_container_id_refused() {
         applied,
         crate::status::Applied::Ignored("container id too long")
     );
-    assert_eq!(st.tasks["a1"].state(), TaskState::Running);
+    assert_eq!(st.tasks.get("a1").unwrap().state(), TaskState::Running);
 }

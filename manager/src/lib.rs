@@ -23,6 +23,7 @@ pub mod server;
 pub mod state;
 pub mod status;
 pub mod store;
+pub mod task_table;
 pub mod tasks;
 pub mod watch;
 

@@ -87,7 +87,9 @@ fn handle_lost_node(
     let ids: Vec<String> = st.active_on(node_id).map(|e| e.task.id.clone()).collect();
     let mut reschedule = false;
     for id in ids {
-        let Some(e) = st.tasks.get(&id) else { continue };
+        let Some(e) = st.tasks.live(&id) else {
+            continue;
+        };
         let outcome = if e.state() == TaskState::Running {
             Outcome::NodeLostRunning
         } else {
@@ -216,7 +218,7 @@ mod tests {
         assert_eq!(st.nodes["n1"].node.state(), NodeState::Down);
         assert_eq!(p.next, Some(start + T.reconnect_grace));
         assert_eq!(
-            st.tasks["always"].state(),
+            st.tasks.get("always").unwrap().state(),
             TaskState::Running,
             "down is not lost"
         );
@@ -230,15 +232,15 @@ mod tests {
         );
         assert!(p.reschedule);
         assert!(st.nodes["n1"].node.lost);
-        let always = &st.tasks["always"];
+        let always = &st.tasks.get("always").unwrap();
         assert_eq!(always.state(), TaskState::Scheduled);
         assert_eq!(always.status().attempt, 2);
         assert!(always.status().node_id.is_empty());
         assert!(st.unplaced.contains("always"));
-        let never = &st.tasks["never"];
+        let never = &st.tasks.get("never").unwrap();
         assert_eq!(never.state(), TaskState::Failed);
         assert_eq!(never.status().reason, "node lost");
-        let unstarted = &st.tasks["unstarted"];
+        let unstarted = &st.tasks.get("unstarted").unwrap();
         assert_eq!(unstarted.state(), TaskState::Scheduled);
         assert_eq!(unstarted.status().attempt, 2);
         assert_eq!(unstarted.status().transient_failures, 1);

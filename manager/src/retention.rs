@@ -1,10 +1,11 @@
 //! Retention: finished tasks older than `retention` are deleted with their
 //! events, and past `max_finished_tasks` the oldest finished go first.
 //! Unfinished tasks are never touched.
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use minkube::convert::from_timestamp;
+use minkube::pb::TaskState;
 use minkube_common::state_machine;
 
 use crate::cluster::Cluster;
@@ -12,6 +13,9 @@ use crate::state::State;
 use crate::store::Mutation;
 
 /// Deletes what retention says must go; returns how many tasks.
+///
+/// One pass over the tasks without copying them: memory is proportional to
+/// what is removed, not to what is kept.
 pub fn sweep(
     st: &mut State,
     now: SystemTime,
@@ -19,31 +23,40 @@ pub fn sweep(
     max_finished: usize,
     out: &mut Vec<Mutation>,
 ) -> usize {
-    let mut finished: Vec<(SystemTime, String)> = st
-        .tasks
-        .values()
-        .filter(|e| state_machine::is_terminal(e.state()))
-        .map(|e| {
-            let at = e
-                .status()
-                .finished_at
-                .as_ref()
-                .or(e.task.updated_at.as_ref())
-                .map_or(SystemTime::UNIX_EPOCH, from_timestamp);
-            (at, e.task.id.clone())
-        })
-        .collect();
-    finished.sort();
-    let expired = finished
-        .iter()
-        .take_while(|(at, _)| now.duration_since(*at).is_ok_and(|age| age >= retention))
-        .count();
-    let over_cap = finished.len().saturating_sub(max_finished);
-    let remove = expired.max(over_cap);
-    for (_, id) in finished.iter().take(remove) {
+    let finished_count: u64 = [TaskState::Completed, TaskState::Failed]
+        .into_iter()
+        .map(|s| st.count_in(s))
+        .sum();
+    let over_cap = usize::try_from(finished_count)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(max_finished);
+    // Expired tasks all go; past the cap, the oldest finished go first (a
+    // max-heap keeps the `over_cap` oldest seen so far).
+    let mut expired = Vec::new();
+    let mut oldest: BinaryHeap<(SystemTime, &str)> = BinaryHeap::new();
+    for (id, t) in st.tasks.iter() {
+        if !state_machine::is_terminal(t.state()) {
+            continue;
+        }
+        let at = t.finished_at().unwrap_or(SystemTime::UNIX_EPOCH);
+        if now.duration_since(at).is_ok_and(|age| age >= retention) {
+            expired.push(id.clone());
+        } else if over_cap > 0 {
+            oldest.push((at, id.as_str()));
+            if oldest.len() > over_cap {
+                oldest.pop();
+            }
+        }
+    }
+    let from_cap = over_cap.saturating_sub(expired.len());
+    let mut by_age = oldest.into_sorted_vec();
+    by_age.truncate(from_cap);
+    let mut remove: Vec<String> = by_age.into_iter().map(|(_, id)| id.to_string()).collect();
+    remove.append(&mut expired);
+    for id in &remove {
         st.remove_task(id, out);
     }
-    remove
+    remove.len()
 }
 
 impl Cluster {

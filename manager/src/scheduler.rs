@@ -117,7 +117,7 @@ pub fn schedule(st: &mut State, now: SystemTime, out: &mut Vec<Mutation>) -> Pas
         if !st.unplaced.contains(&id) {
             continue;
         }
-        let Some(entry) = st.tasks.get(&id) else {
+        let Some(entry) = st.tasks.live(&id) else {
             st.unplaced.remove(&id);
             continue;
         };
@@ -172,7 +172,7 @@ pub fn schedule(st: &mut State, now: SystemTime, out: &mut Vec<Mutation>) -> Pas
             .increment(1);
         cands[i].free_mb = cands[i].free_mb.saturating_sub(need);
         st.rr_cursor = Some(node.name.clone());
-        if let Some(e) = st.tasks.get(&id) {
+        if let Some(e) = st.tasks.live(&id) {
             // The decision is a span of the task's trace; the agent's work
             // for this attempt continues from it.
             let span =
@@ -293,10 +293,10 @@ mod tests {
         assert_eq!(placed[0].assignment.attempt, 1);
         assert!(st.unplaced.contains("t2"));
         assert_eq!(
-            st.tasks["t2"].status().reason,
+            st.tasks.get("t2").unwrap().status().reason,
             "no ready node with 60 MB free"
         );
-        assert_eq!(st.tasks["t0"].status().node_name, "a");
+        assert_eq!(st.tasks.get("t0").unwrap().status().node_name, "a");
     }
 
     #[test]
@@ -306,7 +306,7 @@ mod tests {
         pending(&mut st, "t0", 8, &mut out);
         schedule(&mut st, SystemTime::now(), &mut out);
         assert_eq!(
-            st.tasks["t0"].status().reason,
+            st.tasks.get("t0").unwrap().status().reason,
             "no ready node with 8 MB free"
         );
         // A pass with no room and nothing new writes nothing.
@@ -318,7 +318,7 @@ mod tests {
         pending(&mut st, "t1", 8, &mut out);
         schedule(&mut st, SystemTime::now(), &mut out);
         assert_eq!(
-            st.tasks["t1"].status().reason,
+            st.tasks.get("t1").unwrap().status().reason,
             "no ready node with 8 MB free"
         );
         // Room appears: the full queue is looked at, oldest first; a large

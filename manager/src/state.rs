@@ -1,7 +1,7 @@
 //! The manager's in-memory model: every task, its events and every node.
 //! Reads are served from here; every change goes through [`State::transition`]
 //! (the state machine) and yields the [`Mutation`]s that make it durable.
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use minkube::convert::now;
 use minkube::pb::{self, TaskState};
@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{Mutation, Snapshot, StoredTask};
+use crate::task_table::{Slot, TaskTable};
 
 /// A task with its history.
 #[derive(Debug, Clone)]
@@ -42,7 +43,7 @@ impl TaskEntry {
         self.task.spec.as_ref().map_or(0, |s| s.memory_mb)
     }
 
-    fn stored(&self) -> StoredTask {
+    pub(crate) fn stored(&self) -> StoredTask {
         StoredTask {
             task: Some(self.task.clone()),
             last_sequence: self.last_sequence,
@@ -108,11 +109,9 @@ pub enum TransitionError {
 /// Everything the manager knows.
 #[derive(Debug, Default)]
 pub struct State {
-    /// Tasks by id; ids are UUIDv7, so this is creation order. Boxed: the
-    /// tree's nodes stay small (ordered inserts leave them half full, which
-    /// would double the ~650 bytes of an inline entry). Finished tasks keep
-    /// no events in memory (see [`State::transition`]).
-    pub tasks: BTreeMap<String, Box<TaskEntry>>,
+    /// Tasks by id; ids are UUIDv7, so this is creation order. Finished
+    /// tasks are kept compact, without their events (see [`TaskTable`]).
+    pub tasks: TaskTable,
     /// Nodes by id.
     pub nodes: HashMap<String, NodeEntry>,
     /// Ids of tasks waiting for a node, creation order: the scheduler's
@@ -195,15 +194,14 @@ impl State {
             events,
             trace_context: stored.trace_context,
         };
-        let id = entry.task.id.clone();
         if needs_node(&entry) {
-            self.unplaced.insert(id.clone());
+            self.unplaced.insert(entry.task.id.clone());
         }
         if state_machine::is_active_on_node(entry.state()) {
             self.reserve(&entry, 1);
         }
         self.count(entry.state(), 1);
-        self.tasks.insert(id, Box::new(entry));
+        self.tasks.insert(entry);
     }
 
     fn count(&mut self, state: TaskState, sign: i8) {
@@ -258,7 +256,7 @@ impl State {
             .get(node_id)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.tasks.get(id).map(|e| &**e))
+            .filter_map(|id| self.tasks.live(id))
     }
 
     /// Adds a new PENDING task with its creation event.
@@ -298,7 +296,7 @@ impl State {
         self.unplaced.insert(id.clone());
         self.fresh.push(id.clone());
         self.count(entry.state(), 1);
-        self.tasks.insert(id, Box::new(entry));
+        self.tasks.insert(entry);
     }
 
     /// Starts a new attempt of an active task: back to SCHEDULED without a
@@ -380,19 +378,22 @@ impl State {
 
     /// Deletes a task and its events (retention).
     pub fn remove_task(&mut self, id: &str, out: &mut Vec<Mutation>) {
-        if let Some(e) = self.tasks.remove(id) {
-            if state_machine::is_active_on_node(e.state()) {
-                self.reserve(&e, -1);
+        if let Some(slot) = self.tasks.remove(id) {
+            if let Slot::Live(e) = &slot {
+                if state_machine::is_active_on_node(e.state()) {
+                    self.reserve(e, -1);
+                }
             }
-            self.count(e.state(), -1);
+            self.count(slot.state(), -1);
             self.unplaced.remove(id);
             out.push(Mutation::DeleteTask(id.to_string()));
         }
     }
 
-    /// Persists a task's current record (after a change that is not a transition).
+    /// Persists a task's current record (after a change that is not a
+    /// transition). Finished tasks never change: nothing to persist.
     pub fn put_task(&self, id: &str, out: &mut Vec<Mutation>) {
-        if let Some(e) = self.tasks.get(id) {
+        if let Some(e) = self.tasks.live(id) {
             out.push(Mutation::PutTask(Box::new(e.stored())));
         }
     }
@@ -408,13 +409,13 @@ impl State {
         update: impl FnOnce(&mut pb::TaskStatus),
         out: &mut Vec<Mutation>,
     ) -> Result<(), TransitionError> {
-        let entry = self
+        let slot = self
             .tasks
-            .get(id)
+            .slot(id)
             .ok_or_else(|| TransitionError::NotFound(id.to_string()))?;
-        let from = entry.state();
+        let from = slot.state();
         state_machine::check(from, to)?;
-        if state_machine::is_active_on_node(from) {
+        if let (true, Slot::Live(entry)) = (state_machine::is_active_on_node(from), slot) {
             // Only what the reservation needs: a whole-entry clone per
             // transition was a measurable share of the manager's time.
             self.reserve_for(Reservation::of(entry), -1);
@@ -463,6 +464,9 @@ impl State {
         self.count(to, 1);
         if let Some(r) = placed {
             self.reserve_for(r, 1);
+        }
+        if state_machine::is_terminal(to) {
+            self.tasks.finish(id);
         }
         tracing::info!(
             task_id = id,
@@ -627,7 +631,7 @@ mod tests {
             &mut Vec::new(),
         )
         .unwrap();
-        let e = &st.tasks["t1"];
+        let e = &st.tasks.get("t1").unwrap();
         assert!(
             e.events.is_empty(),
             "a finished task's history is in the store only"
@@ -648,7 +652,7 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, TransitionError::Illegal(_)));
         assert!(out.is_empty());
-        assert_eq!(st.tasks["t1"].events.len(), 1);
+        assert_eq!(st.tasks.get("t1").unwrap().events.len(), 1);
         assert!(matches!(
             st.transition("nope", TaskState::Running, "x", |_| {}, &mut out),
             Err(TransitionError::NotFound(_))
@@ -672,7 +676,8 @@ mod tests {
             ..Snapshot::default()
         };
         let mut re = State::from_snapshot(snap);
-        for e in st.tasks.values() {
+        for (_, t) in st.tasks.iter() {
+            let e = t.entry().unwrap();
             re.load_task(e.stored(), e.events.clone());
         }
         assert!(re.unplaced.contains("a") && !re.unplaced.contains("b"));

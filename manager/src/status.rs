@@ -12,6 +12,7 @@ use crate::error::ManagerError;
 use crate::policy::{self, Outcome, RetryTimings};
 use crate::state::{State, TransitionError};
 use crate::store::Mutation;
+use crate::task_table::Slot;
 
 /// What applying one update did.
 #[derive(Debug, PartialEq, Eq)]
@@ -94,16 +95,16 @@ pub fn apply_update(
         Err(why) => return Applied::Ignored(why),
     };
     let u = u.as_ref();
+    if let Some(Slot::Finished(_)) = st.tasks.slot(&u.task_id) {
+        // E.g. a returning node reports stopping a container of a task the
+        // manager already ended. Nothing can change a finished task, and its
+        // history (which node ran which attempt) is no longer in memory.
+        return Applied::Ignored("task already finished");
+    }
     let Some(e) = st.tasks.get_mut(&u.task_id) else {
         return Applied::Ignored("unknown task");
     };
     let status = e.status();
-    if state_machine::is_terminal(status.state()) && status.node_id != node_id {
-        // Finished tasks keep no history in memory to tell a node that once
-        // ran an earlier attempt from one that never did; nothing can change
-        // a finished task anyway.
-        return Applied::Ignored("task has finished");
-    }
     if status.node_id != node_id {
         // A node that once ran this attempt may still report it (e.g. after
         // a partition); one that never did is speaking for another node.
@@ -128,15 +129,10 @@ pub fn apply_update(
     e.last_sequence = u.sequence;
     let from = e.state();
     let to = TaskState::try_from(u.state).unwrap_or(TaskState::Unspecified);
-    if from == to && (state_machine::is_terminal(to) || same_facts) {
+    // (Finished tasks were turned away above: `from` is not terminal.)
+    if from == to && same_facts {
         st.put_task(&u.task_id, out);
         return Applied::Unchanged;
-    }
-    if state_machine::is_terminal(from) {
-        // E.g. a returning node reports stopping a container of a task the
-        // manager already ended: expected, nothing to change.
-        st.put_task(&u.task_id, out);
-        return Applied::Ignored("task already finished");
     }
     if !state_machine::can_transition(from, to) {
         tracing::warn!(
@@ -207,7 +203,7 @@ fn finish_attempt(
     timings: &RetryTimings,
     out: &mut Vec<Mutation>,
 ) -> Result<(), TransitionError> {
-    let Some(e) = st.tasks.get(&u.task_id) else {
+    let Some(e) = st.tasks.live(&u.task_id) else {
         return Err(TransitionError::NotFound(u.task_id.clone()));
     };
     let outcome = outcome_of(u, to);
@@ -337,7 +333,18 @@ mod tests {
             ),
             Applied::Changed
         );
-        assert_eq!(st.tasks["t"].status().container_id, "c1");
+        assert_eq!(st.tasks.get("t").unwrap().status().container_id, "c1");
+        // A repeat of a sequence already applied changes nothing.
+        assert_eq!(
+            apply_update(
+                &mut st,
+                "n1",
+                &T,
+                &update("t", 1, TaskState::Running),
+                &mut out
+            ),
+            Applied::Ignored("stale sequence")
+        );
         assert_eq!(
             apply_update(
                 &mut st,
@@ -357,10 +364,10 @@ mod tests {
                 &update("t", 2, TaskState::Running),
                 &mut out
             ),
-            Applied::Ignored("stale sequence")
+            Applied::Ignored("task already finished")
         );
-        assert_eq!(st.tasks["t"].state(), TaskState::Completed);
-        assert_eq!(st.tasks["t"].status().exit_code, Some(0));
+        assert_eq!(st.tasks.get("t").unwrap().state(), TaskState::Completed);
+        assert_eq!(st.tasks.get("t").unwrap().status().exit_code, Some(0));
     }
 
     #[test]
@@ -402,7 +409,7 @@ mod tests {
                 Applied::Ignored(_)
             ));
         }
-        assert_eq!(st.tasks["t"].state(), TaskState::Completed);
+        assert_eq!(st.tasks.get("t").unwrap().state(), TaskState::Completed);
     }
 
     #[test]
@@ -428,7 +435,7 @@ mod tests {
             apply_update(&mut st, "n1", &T, &bad, &mut out),
             Applied::Ignored("illegal transition")
         );
-        assert_eq!(st.tasks["t"].state(), TaskState::Scheduled);
+        assert_eq!(st.tasks.get("t").unwrap().state(), TaskState::Scheduled);
         assert_eq!(
             apply_update(
                 &mut st,
@@ -453,7 +460,7 @@ mod tests {
             apply_update(&mut st, "n1", &T, &u, &mut out),
             Applied::Changed
         );
-        let e = &st.tasks["t"];
+        let e = &st.tasks.get("t").unwrap();
         assert_eq!(e.state(), TaskState::Scheduled);
         assert_eq!(e.status().attempt, 2);
         assert!(e.status().next_attempt_at.is_some());
@@ -486,7 +493,8 @@ mod tests {
         u.failure = FailureKind::Transient as i32;
         u.reason = "docker unavailable".into();
         apply_update(&mut st, "n1", &T, &u, &mut out);
-        let g = st.tasks["g"].status();
+        let g = st.tasks.get("g").unwrap();
+        let g = g.status();
         assert_eq!((g.state(), g.transient_failures), (TaskState::Failed, 3));
         assert_eq!(g.reason, "gave up after 3 attempts: docker unavailable");
 
@@ -497,7 +505,7 @@ mod tests {
         u.reason = "image \"x\" not found".into();
         out.clear();
         apply_update(&mut st, "n1", &T, &u, &mut out);
-        assert_eq!(st.tasks["p"].state(), TaskState::Failed);
+        assert_eq!(st.tasks.get("p").unwrap().state(), TaskState::Failed);
         let failed_events = out
             .iter()
             .filter(|m| {
@@ -530,7 +538,7 @@ mod tests {
             &update("a", 2, TaskState::Completed),
             &mut out,
         );
-        let e = &st.tasks["a"];
+        let e = &st.tasks.get("a").unwrap();
         assert_eq!(
             (e.state(), e.status().attempt, e.status().restarts),
             (TaskState::Scheduled, 2, 1)

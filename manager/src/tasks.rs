@@ -1,12 +1,12 @@
 //! Task operations of the user API: create, get, list, stop.
-use std::ops::Bound;
 
 use minkube::convert::now;
 use minkube::pb::{self, DesiredState, TaskState};
-use minkube_common::{paging, state_machine, trace_context, validate};
+use minkube_common::{paging, trace_context, validate};
 
 use crate::cluster::Cluster;
 use crate::error::ManagerError;
+use crate::task_table::Slot;
 
 /// Filters of a task listing.
 #[derive(Debug, Default, Clone)]
@@ -18,14 +18,9 @@ pub struct TaskFilter {
 }
 
 impl TaskFilter {
-    fn matches(&self, t: &pb::Task) -> bool {
-        let status = t.status.as_ref();
-        let state = status.map_or(TaskState::Unspecified, |s| s.state());
-        (self.states.is_empty() || self.states.contains(&state))
-            && self
-                .node_id
-                .as_ref()
-                .is_none_or(|n| status.is_some_and(|s| &s.node_id == n))
+    fn matches(&self, t: &Slot) -> bool {
+        (self.states.is_empty() || self.states.contains(&t.state()))
+            && self.node_id.as_ref().is_none_or(|n| t.node_id() == n)
     }
 }
 
@@ -110,22 +105,18 @@ impl Cluster {
             )));
         }
         let st = self.lock();
-        let start = if page_token.is_empty() {
-            Bound::Unbounded
-        } else {
-            Bound::Excluded(page_token.to_string())
-        };
+        let after = (!page_token.is_empty()).then_some(page_token);
         let mut tasks = Vec::with_capacity(size);
         let mut has_next = false;
-        for (_, e) in st.tasks.range::<String, _>((start, Bound::Unbounded)) {
-            if !filter.matches(&e.task) {
+        for (_, t) in st.tasks.after(after) {
+            if !filter.matches(t) {
                 continue;
             }
             if tasks.len() == size {
                 has_next = true;
                 break;
             }
-            tasks.push(e.task.clone());
+            tasks.extend(t.to_task());
         }
         let total_count = if filter.states.is_empty() && filter.node_id.is_none() {
             st.tasks.len()
@@ -136,10 +127,7 @@ impl Cluster {
             let n: u64 = states.iter().map(|s| st.count_in(*s)).sum();
             usize::try_from(n).unwrap_or(usize::MAX)
         } else {
-            st.tasks
-                .values()
-                .filter(|e| filter.matches(&e.task))
-                .count()
+            st.tasks.iter().filter(|(_, t)| filter.matches(t)).count()
         };
         let next_page_token = if has_next {
             tasks.last().map(|t| t.id.clone()).unwrap_or_default()
@@ -159,14 +147,18 @@ impl Cluster {
     pub async fn stop_task(&self, id: &str) -> Result<pb::Task, ManagerError> {
         let (task, order) = self
             .write(|st, out| {
+                if let Some(Slot::Finished(_)) = st.tasks.slot(id) {
+                    // Already over: nothing to stop, nothing to write.
+                    let task = st.tasks.slot(id).and_then(Slot::to_task);
+                    return task
+                        .map(|t| (t, None))
+                        .ok_or_else(|| ManagerError::TaskNotFound(id.to_string()));
+                }
                 let e = st
                     .tasks
                     .get_mut(id)
                     .ok_or_else(|| ManagerError::TaskNotFound(id.to_string()))?;
                 let state = e.state();
-                if state_machine::is_terminal(state) {
-                    return Ok((e.task.clone(), None));
-                }
                 e.task.set_desired_state(DesiredState::Stopped);
                 e.task.updated_at = Some(now());
                 // Not on any node (never placed, or a new attempt waiting out

@@ -81,12 +81,15 @@ impl WatchFilter {
     pub fn matches_task(&self, t: &pb::Task) -> bool {
         let status = t.status.as_ref();
         let state = status.map_or(TaskState::Unspecified, |s| s.state());
-        self.task_id.as_ref().is_none_or(|id| *id == t.id)
+        let node_id = status.map_or("", |s| s.node_id.as_str());
+        self.matches_parts(&t.id, state, node_id)
+    }
+
+    /// Whether a task with this id, state and node passes.
+    pub fn matches_parts(&self, id: &str, state: TaskState, node_id: &str) -> bool {
+        self.task_id.as_ref().is_none_or(|t| t == id)
             && (self.states.is_empty() || self.states.contains(&state))
-            && self
-                .node_id
-                .as_ref()
-                .is_none_or(|n| status.is_some_and(|s| s.node_id == *n))
+            && self.node_id.as_ref().is_none_or(|n| n == node_id)
     }
 
     /// Whether a change passes. Deletions carry no state: only the task

@@ -1,6 +1,5 @@
 //! One watcher: subscribe, send the snapshot page by page, the marker, then
 //! the live changes that match its filter.
-use std::ops::Bound;
 use std::sync::Arc;
 
 use minkube::pb::{self, watch_tasks_response::Kind};
@@ -70,22 +69,17 @@ impl Cluster {
                 seq,
             };
         }
-        let start = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_string()));
         let mut tasks = Vec::new();
         let mut last = None;
         let mut more = false;
-        for (scanned, (id, e)) in st
-            .tasks
-            .range::<String, _>((start, Bound::Unbounded))
-            .enumerate()
-        {
+        for (scanned, (id, t)) in st.tasks.after(after).enumerate() {
             if scanned == SCAN_PER_LOCK || tasks.len() == PAGE_SIZE {
                 more = true;
                 break;
             }
             last = Some(id.clone());
-            if filter.matches_task(&e.task) {
-                tasks.push(e.task.clone());
+            if filter.matches_parts(id, t.state(), t.node_id()) {
+                tasks.extend(t.to_task());
             }
         }
         Page {
