@@ -97,6 +97,7 @@ impl Cluster {
                     last_seen: tokio::time::Instant::now(),
                 });
                 let n = &mut entry.node;
+                let renamed = n.name != req.name;
                 n.name = req.name.clone();
                 n.address = req.address.clone();
                 n.labels = req.labels.clone();
@@ -107,6 +108,9 @@ impl Cluster {
                 let mut stored = n.clone();
                 stored.stats = None;
                 out.push(Mutation::PutNode(Box::new(stored)));
+                if renamed {
+                    st.node_renames = st.node_renames.wrapping_add(1);
+                }
                 Ok(id)
             })
             .await?;

@@ -12,39 +12,63 @@ use minkube_common::validate::MIN_MEMORY_MB;
 use crate::state::State;
 use crate::store::Mutation;
 
-/// A node the scheduler may use.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Candidate {
-    /// Node id.
-    pub id: String,
-    /// Node name (the round-robin order).
-    pub name: String,
-    /// Memory not reserved by active tasks.
-    pub free_mb: u64,
+/// Node names in order with their ids: the round-robin ring. Rebuilt only
+/// when the node set changes (nodes are added or renamed, which is rare);
+/// readiness and free memory are read live at each pick, so a pass costs
+/// nothing per node that it does not look at.
+#[derive(Debug, Default)]
+pub struct NodeRing {
+    /// (node count, renames) the ring was built for.
+    built_for: Option<(usize, u64)>,
+    /// (name, id), sorted by name.
+    names: Vec<(String, String)>,
 }
 
-/// Picks the next node after `cursor` (by name, wrapping) with `need_mb` free.
-/// `candidates` must be sorted by name.
-pub fn pick_round_robin(
-    candidates: &[Candidate],
-    cursor: Option<&str>,
-    need_mb: u64,
-) -> Option<usize> {
-    if candidates.is_empty() {
+impl NodeRing {
+    fn refresh(&mut self, nodes: &HashMap<String, crate::state::NodeEntry>, renames: u64) {
+        let key = (nodes.len(), renames);
+        if self.built_for == Some(key) {
+            return;
+        }
+        self.names = nodes
+            .values()
+            .map(|n| (n.node.name.clone(), n.node.id.clone()))
+            .collect();
+        self.names.sort_unstable();
+        self.built_for = Some(key);
+    }
+}
+
+/// Memory a node can still give, if it is READY with a live session.
+fn free_mb(st: &State, id: &str) -> Option<u64> {
+    let n = st.nodes.get(id)?;
+    if n.node.state() != NodeState::Ready || n.session.is_none() {
         return None;
     }
-    // Candidates are sorted by name: the first one after the cursor.
-    let start = cursor.map_or(0, |c| {
-        let i = candidates.partition_point(|n| n.name.as_str() <= c);
-        if i == candidates.len() {
+    let cap = n.node.capacity.as_ref().map_or(0, |c| c.memory_mb);
+    Some(cap.saturating_sub(st.usage(id).memory_mb))
+}
+
+/// The next node after the cursor (by name, wrapping) with `need_mb` free:
+/// its (id, name).
+fn pick(st: &State, need_mb: u64) -> Option<(String, String)> {
+    let ring = &st.ring.names;
+    if ring.is_empty() {
+        return None;
+    }
+    // The first name after the cursor (which may name a node that left).
+    let start = st.rr_cursor.as_deref().map_or(0, |c| {
+        let i = ring.partition_point(|(name, _)| name.as_str() <= c);
+        if i == ring.len() {
             0
         } else {
             i
         }
     });
-    (0..candidates.len())
-        .map(|i| (start + i) % candidates.len())
-        .find(|&i| candidates[i].free_mb >= need_mb)
+    (0..ring.len())
+        .map(|i| &ring[(start + i) % ring.len()])
+        .find(|(_, id)| free_mb(st, id).is_some_and(|free| free >= need_mb))
+        .map(|(name, id)| (id.clone(), name.clone()))
 }
 
 /// A placement made by [`schedule`]: send `assignment` to `node_id` once durable.
@@ -59,24 +83,6 @@ pub struct Placement {
 /// Why a task waits.
 pub fn unplaceable_reason(need_mb: u64) -> String {
     format!("no ready node with {need_mb} MB free")
-}
-
-fn candidates(st: &State) -> Vec<Candidate> {
-    let mut c: Vec<Candidate> = st
-        .nodes
-        .values()
-        .filter(|n| n.node.state() == NodeState::Ready && n.session.is_some())
-        .map(|n| {
-            let cap = n.node.capacity.as_ref().map_or(0, |c| c.memory_mb);
-            Candidate {
-                id: n.node.id.clone(),
-                name: n.node.name.clone(),
-                free_mb: cap.saturating_sub(st.usage(&n.node.id).memory_mb),
-            }
-        })
-        .collect();
-    c.sort_by(|a, b| a.name.cmp(&b.name));
-    c
 }
 
 /// Result of a scheduling pass.
@@ -98,14 +104,17 @@ fn not_before(status: &pb::TaskStatus) -> Option<SystemTime> {
 /// Places every waiting task it can, oldest first: PENDING tasks and new
 /// attempts whose backoff has passed.
 pub fn schedule(st: &mut State, now: SystemTime, out: &mut Vec<Mutation>) -> Pass {
-    let mut cands = candidates(st);
     let mut pass = Pass::default();
     let fresh = std::mem::take(&mut st.fresh);
-    let room = cands.iter().map(|c| c.free_mb).max().unwrap_or(0);
+    if st.unplaced.is_empty() {
+        return pass; // nothing waits (a kick after a task ended, say)
+    }
+    let renames = st.node_renames;
+    st.ring.refresh(&st.nodes, renames);
     // With no room for even the smallest task, nothing in the queue can be
     // placed: only the new tasks need a look (for their reason). Whatever
     // adds room (a node connecting, a task ending) kicks a full pass.
-    let queue: Vec<String> = if room < MIN_MEMORY_MB {
+    let queue: Vec<String> = if pick(st, MIN_MEMORY_MB).is_none() {
         fresh
     } else {
         st.unplaced.iter().cloned().collect()
@@ -127,12 +136,12 @@ pub fn schedule(st: &mut State, now: SystemTime, out: &mut Vec<Mutation>) -> Pas
         }
         let need = entry.memory_mb();
         let attempt = entry.status().attempt.max(1);
-        let pick = if need >= smallest_refused {
+        let picked = if need >= smallest_refused {
             None
         } else {
-            pick_round_robin(&cands, st.rr_cursor.as_deref(), need)
+            pick(st, need)
         };
-        let Some(i) = pick else {
+        let Some((node_id, node_name)) = picked else {
             smallest_refused = smallest_refused.min(need);
             metrics::counter!("minkube_manager_scheduling_decisions_total", "result" => "unplaceable")
                 .increment(1);
@@ -145,19 +154,18 @@ pub fn schedule(st: &mut State, now: SystemTime, out: &mut Vec<Mutation>) -> Pas
             }
             continue;
         };
-        let node = cands[i].clone();
         let reason = if attempt > 1 {
-            format!("attempt {attempt} placed on node {}", node.name)
+            format!("attempt {attempt} placed on node {node_name}")
         } else {
-            format!("placed on node {}", node.name)
+            format!("placed on node {node_name}")
         };
         let placed = st.transition(
             &id,
             TaskState::Scheduled,
             &reason,
             |s| {
-                s.node_id = node.id.clone();
-                s.node_name = node.name.clone();
+                s.node_id = node_id.clone();
+                s.node_name = node_name.clone();
                 s.attempt = attempt;
                 s.next_attempt_at = None;
             },
@@ -170,16 +178,16 @@ pub fn schedule(st: &mut State, now: SystemTime, out: &mut Vec<Mutation>) -> Pas
         st.unplaced.remove(&id);
         metrics::counter!("minkube_manager_scheduling_decisions_total", "result" => "placed")
             .increment(1);
-        cands[i].free_mb = cands[i].free_mb.saturating_sub(need);
-        st.rr_cursor = Some(node.name.clone());
+        // The reservation is in `State::usage` now: the next pick sees it.
+        st.rr_cursor = Some(node_name.clone());
         if let Some(e) = st.tasks.live(&id) {
             // The decision is a span of the task's trace; the agent's work
             // for this attempt continues from it.
             let span =
-                tracing::info_span!("task.schedule", task_id = %id, attempt, node = %node.name);
+                tracing::info_span!("task.schedule", task_id = %id, attempt, node = %node_name);
             trace_context::set_parent(&span, &e.trace_context);
             pass.placements.push(Placement {
-                node_id: node.id,
+                node_id,
                 assignment: assignment_of(&e.task, trace_context::context_of(&span)),
             });
         }
@@ -203,36 +211,46 @@ mod tests {
     use super::*;
     use crate::state::{NodeEntry, Session};
 
-    fn cand(name: &str, free: u64) -> Candidate {
-        Candidate {
-            id: format!("id-{name}"),
-            name: name.into(),
-            free_mb: free,
+    fn ring_of(nodes: &[(&str, u64)]) -> State {
+        let mut st = State::default();
+        for (name, mb) in nodes {
+            ready_node(&mut st, name, *mb);
         }
+        let renames = st.node_renames;
+        st.ring.refresh(&st.nodes, renames);
+        st
+    }
+
+    fn picked(st: &State, need: u64) -> Option<String> {
+        pick(st, need).map(|(_, name)| name)
     }
 
     #[test]
     fn round_robin_wraps_in_name_order() {
-        let c = [cand("a", 100), cand("b", 100), cand("c", 100)];
-        let mut cursor: Option<String> = None;
+        let mut st = ring_of(&[("b", 100), ("a", 100), ("c", 100)]);
         let mut got = Vec::new();
         for _ in 0..7 {
-            let i = pick_round_robin(&c, cursor.as_deref(), 10).unwrap();
-            cursor = Some(c[i].name.clone());
-            got.push(c[i].name.clone());
+            let name = picked(&st, 10).unwrap();
+            st.rr_cursor = Some(name.clone());
+            got.push(name);
         }
         assert_eq!(got, ["a", "b", "c", "a", "b", "c", "a"]);
     }
 
     #[test]
-    fn skips_nodes_without_memory_and_handles_vanished_cursor() {
-        let c = [cand("a", 100), cand("b", 5), cand("c", 100)];
-        assert_eq!(pick_round_robin(&c, Some("a"), 10), Some(2));
+    fn skips_nodes_without_memory_or_session_and_handles_vanished_cursor() {
+        let mut st = ring_of(&[("a", 100), ("b", 5), ("c", 100)]);
+        st.rr_cursor = Some("a".into());
+        assert_eq!(picked(&st, 10).as_deref(), Some("c"));
         // Cursor names a node that left: continue with the next name after it.
-        assert_eq!(pick_round_robin(&c, Some("bb"), 10), Some(2));
-        assert_eq!(pick_round_robin(&c, Some("z"), 10), Some(0));
-        assert_eq!(pick_round_robin(&c, None, 1000), None);
-        assert_eq!(pick_round_robin(&[], None, 1), None);
+        st.rr_cursor = Some("bb".into());
+        assert_eq!(picked(&st, 10).as_deref(), Some("c"));
+        st.rr_cursor = Some("z".into());
+        assert_eq!(picked(&st, 10).as_deref(), Some("a"));
+        assert_eq!(picked(&st, 1000), None);
+        st.nodes.get_mut("id-a").unwrap().session = None;
+        assert_eq!(picked(&st, 10).as_deref(), Some("c"));
+        assert_eq!(picked(&State::default(), 1), None);
     }
 
     fn ready_node(st: &mut State, name: &str, mb: u64) {

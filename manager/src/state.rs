@@ -132,6 +132,11 @@ pub struct State {
     counts: [u64; 6],
     /// Name of the node that got the last placement (round-robin cursor).
     pub rr_cursor: Option<String>,
+    /// Node names in order, for the scheduler's round robin.
+    pub ring: crate::scheduler::NodeRing,
+    /// Bumped when a node's name changes (the ring is rebuilt then, and
+    /// when the number of nodes changes).
+    pub node_renames: u64,
     /// API tokens and the join token.
     pub access: crate::auth::tokens::AccessState,
 }
