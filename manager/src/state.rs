@@ -446,15 +446,8 @@ impl State {
             attempt: status.attempt,
         };
         entry.task.updated_at = Some(ts);
-        let index = u32::try_from(entry.events.len()).unwrap_or(u32::MAX);
-        if state_machine::is_terminal(to) {
-            // A finished task never changes again: its history lives in the
-            // store alone (GetTask reads it there), so a million finished
-            // tasks do not keep four million events in memory.
-            entry.events = Vec::new();
-        } else {
-            entry.events.push(event.clone());
-        }
+        entry.events.push(event.clone());
+        let index = u32::try_from(entry.events.len() - 1).unwrap_or(u32::MAX);
         out.push(Mutation::PutTask(Box::new(entry.stored())));
         out.push(Mutation::PutEvent {
             task_id: id.to_string(),
@@ -471,6 +464,8 @@ impl State {
             self.reserve_for(r, 1);
         }
         if state_machine::is_terminal(to) {
+            // A finished task never changes again: kept compact, its history
+            // in the store alone (GetTask reads it there).
             self.tasks.finish(id);
         }
         tracing::info!(
