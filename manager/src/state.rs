@@ -13,7 +13,7 @@ use crate::store::{Mutation, Snapshot, StoredTask};
 use crate::task_table::{Slot, TaskTable};
 
 /// A task with its history.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TaskEntry {
     /// The API object.
     pub task: pb::Task,
@@ -43,7 +43,7 @@ impl TaskEntry {
         self.task.spec.as_ref().map_or(0, |s| s.memory_mb)
     }
 
-    pub(crate) fn stored(&self) -> StoredTask {
+    fn stored(&self) -> StoredTask {
         StoredTask {
             task: Some(self.task.clone()),
             last_sequence: self.last_sequence,

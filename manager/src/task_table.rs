@@ -163,7 +163,7 @@ impl TaskTable {
     pub fn insert(&mut self, entry: TaskEntry) {
         let id = entry.task.id.clone();
         let slot = if state_machine::is_terminal(entry.state()) {
-            Slot::Finished(compact(&mut self.node_ids, &entry))
+            Slot::Finished(compact(&mut self.node_ids, entry))
         } else {
             Slot::Live(Box::new(entry))
         };
@@ -172,14 +172,15 @@ impl TaskTable {
 
     /// Turns a task that just finished into its compact form.
     pub fn finish(&mut self, id: &str) {
-        let finished = match self.map.get(id) {
-            Some(Slot::Live(e)) if state_machine::is_terminal(e.state()) => {
-                compact(&mut self.node_ids, e)
-            }
-            _ => return,
+        let Some(slot) = self.map.get_mut(id) else {
+            return;
         };
-        if let Some(slot) = self.map.get_mut(id) {
-            *slot = Slot::Finished(finished);
+        if let Slot::Live(e) = slot {
+            if state_machine::is_terminal(e.state()) {
+                // Taken, not cloned: the entry is consumed by its encoding.
+                let entry = std::mem::take(&mut **e);
+                *slot = Slot::Finished(compact(&mut self.node_ids, entry));
+            }
         }
     }
 
@@ -206,7 +207,7 @@ impl TaskTable {
 }
 
 /// The compact form of a finished entry; node ids are shared through `node_ids`.
-fn compact(node_ids: &mut HashSet<Arc<str>>, e: &TaskEntry) -> Finished {
+fn compact(node_ids: &mut HashSet<Arc<str>>, e: TaskEntry) -> Finished {
     let node = e.status().node_id.as_str();
     let node_id = match node_ids.get(node) {
         Some(n) => Arc::clone(n),
@@ -216,14 +217,20 @@ fn compact(node_ids: &mut HashSet<Arc<str>>, e: &TaskEntry) -> Finished {
             n
         }
     };
-    let finished_at_ms = finished_at(e)
+    let finished_at_ms = finished_at(&e)
         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let state = e.state();
+    let stored = StoredTask {
+        task: Some(e.task),
+        last_sequence: e.last_sequence,
+        trace_context: e.trace_context,
+    };
     Finished {
-        record: e.stored().encode_to_vec().into_boxed_slice(),
+        record: stored.encode_to_vec().into_boxed_slice(),
         node_id,
         finished_at_ms,
-        state: e.state(),
+        state,
     }
 }
 
