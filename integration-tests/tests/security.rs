@@ -324,6 +324,37 @@ async fn after_rotation_the_old_join_token_stops_working() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_expired_join_token_is_refused_until_rotated() {
+    let mut cluster = Cluster::builder()
+        .secure()
+        .manager_flag("--join-token-ttl", "3s")
+        .start()
+        .await;
+    let old = cluster.security().join_token.clone();
+    // `init` made the token before the manager started: let it age.
+    tokio::time::sleep(Duration::from_millis(3_300)).await;
+    cluster.add_agent_with("late", AgentOptions::new().flag("--join-token", &old));
+    let status = cluster
+        .wait_agent_exit("late", Duration::from_secs(30))
+        .await;
+    assert!(!status.success());
+    let log = cluster.agent_log("late");
+    assert!(
+        log.contains("join token expired") && log.contains("rotate-join"),
+        "{log}"
+    );
+
+    // A fresh token works while it is fresh.
+    let new = cluster
+        .cli_ok(&["token", "rotate-join"])
+        .await
+        .trim()
+        .to_string();
+    cluster.add_agent_with("fresh", AgentOptions::new().flag("--join-token", &new));
+    cluster.wait_nodes_ready(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn rate_limits_are_per_identity() {
     let cluster = Cluster::builder()
         .secure()

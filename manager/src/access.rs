@@ -5,9 +5,19 @@ use std::sync::Arc;
 use minkube::pb::{self, access_service_server::AccessService, Role};
 use tonic::{Request, Response, Status};
 
+use crate::auth::tokens::JoinRefusal;
 use crate::auth::Identity;
 use crate::cluster::Cluster;
 use crate::error::ManagerError;
+
+/// A duration for a message: "40s", "25 min", "26 h".
+fn roughly(d: std::time::Duration) -> String {
+    match d.as_secs() {
+        s if s < 120 => format!("{s}s"),
+        s if s < 2 * 3600 => format!("{} min", s / 60),
+        s => format!("{} h", s / 3600),
+    }
+}
 
 impl Cluster {
     /// Creates a token; returns its details and secret.
@@ -37,10 +47,25 @@ impl Cluster {
     pub fn check_join(&self, token: &str, name: &str) -> Result<(), ManagerError> {
         minkube_common::validate::validate_name("name", name)?;
         let st = self.lock();
-        if !st.access.join_token_matches(token) {
-            return Err(ManagerError::Unauthenticated(
-                "the join token is wrong or was rotated: get the current one from an admin (`minkube token rotate-join` prints a new one)".into(),
-            ));
+        let checked = st.access.check_join_token(
+            token,
+            std::time::SystemTime::now(),
+            self.config.join_token_ttl,
+        );
+        match checked {
+            Ok(()) => {}
+            Err(JoinRefusal::Wrong) => {
+                return Err(ManagerError::Unauthenticated(
+                    "the join token is wrong or was rotated: get the current one from an admin (`minkube token rotate-join` prints a new one)".into(),
+                ))
+            }
+            Err(JoinRefusal::Expired { age }) => {
+                return Err(ManagerError::Unauthenticated(format!(
+                    "the join token expired: it was made {} ago and join tokens last {} (--join-token-ttl); an admin makes a new one with `minkube token rotate-join`",
+                    roughly(age),
+                    roughly(self.config.join_token_ttl.unwrap_or_default())
+                )))
+            }
         }
         if let Some(n) = st.find_node(name) {
             if n.session.is_some() {

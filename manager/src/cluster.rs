@@ -43,6 +43,9 @@ pub struct ClusterConfig {
     pub max_finished_tasks: usize,
     /// Host access (privileged, host network, host mounts) admins may ask for.
     pub allowed_host_access: Vec<minkube_common::host_access::HostAccess>,
+    /// How long a join token admits new nodes after it is made (None: until
+    /// rotated).
+    pub join_token_ttl: Option<Duration>,
 }
 
 impl Default for ClusterConfig {
@@ -63,6 +66,7 @@ impl Default for ClusterConfig {
             retention: Duration::from_secs(24 * 3600),
             max_finished_tasks: 100_000,
             allowed_host_access: Vec::new(),
+            join_token_ttl: Some(Duration::from_secs(24 * 3600)),
         }
     }
 }

@@ -70,6 +70,11 @@ pub struct Args {
     /// Longest delay before a retry or restart.
     #[arg(long, env = "MINKUBE_RETRY_BACKOFF_MAX", default_value = "60s", value_parser = parse_duration)]
     pub retry_backoff_max: Duration,
+    /// How long a join token admits new nodes after `init` or `minkube
+    /// token rotate-join` made it; 0 means until rotated. Joined nodes keep
+    /// their certificates either way.
+    #[arg(long, env = "MINKUBE_JOIN_TOKEN_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub join_token_ttl: Duration,
     /// Finished tasks older than this are deleted with their events.
     #[arg(long, env = "MINKUBE_RETENTION", default_value = "24h", value_parser = parse_duration)]
     pub retention: Duration,

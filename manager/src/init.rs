@@ -34,7 +34,11 @@ pub fn init(data_dir: &Path, extra_names: &[String]) -> Result<Initialized, Mana
     // The store first: if it is locked (a manager runs), nothing is created.
     let store = RedbStore::open(data_dir)?;
     let snap = store.load()?;
-    let mut access = AccessState::from_stored(snap.tokens, snap.join_token_sha256);
+    let mut access = AccessState::from_stored(
+        snap.tokens,
+        snap.join_token_sha256,
+        snap.join_token_issued_at,
+    );
     let mut out = Vec::new();
     // Starting over (pki/ deleted): the old admin token goes too.
     let _ = access.revoke("admin", &mut out);
@@ -87,7 +91,11 @@ mod tests {
         let text = done.instructions(dir.path());
         assert!(text.contains(&done.admin_token) && text.contains(&done.join_token));
         let snap = RedbStore::open(dir.path()).unwrap().load().unwrap();
-        let access = AccessState::from_stored(snap.tokens, snap.join_token_sha256);
+        let access = AccessState::from_stored(
+            snap.tokens,
+            snap.join_token_sha256,
+            snap.join_token_issued_at,
+        );
         assert_eq!(
             access.authenticate(&done.admin_token),
             Some(("admin".into(), Role::Admin))

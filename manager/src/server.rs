@@ -88,6 +88,7 @@ impl Manager {
                 },
             },
             retention: args.retention,
+            join_token_ttl: (!args.join_token_ttl.is_zero()).then_some(args.join_token_ttl),
             max_finished_tasks: args.max_finished_tasks,
             allowed_host_access: args.allowed_host_access(),
             ..ClusterConfig::default()

@@ -169,6 +169,7 @@ impl State {
             access: crate::auth::tokens::AccessState::from_stored(
                 snap.tokens,
                 snap.join_token_sha256,
+                snap.join_token_issued_at,
             ),
             ..State::default()
         };

@@ -1,6 +1,7 @@
 //! API tokens and the join token: random secrets shown once, stored only as
 //! SHA-256 hashes (a stolen store yields no usable token).
 use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime};
 
 use minkube::pb::{self, Role};
 use sha2::{Digest as _, Sha256};
@@ -34,13 +35,38 @@ pub struct AccessState {
     tokens: BTreeMap<String, StoredToken>,
     by_hash: HashMap<String, String>,
     join_sha256: Option<String>,
+    /// When the join token was made.
+    join_issued_at: Option<SystemTime>,
+}
+
+/// Why a join token is refused.
+#[derive(Debug, PartialEq)]
+pub enum JoinRefusal {
+    /// Not the current join token (forged, mistyped or rotated).
+    Wrong,
+    /// The current one, but older than the allowed lifetime.
+    Expired {
+        /// How long ago it was made.
+        age: Duration,
+    },
 }
 
 impl AccessState {
-    /// From what the store holds.
-    pub fn from_stored(tokens: Vec<StoredToken>, join_sha256: Option<String>) -> Self {
+    /// From what the store holds. A join token without an issue time (from
+    /// a store written before join tokens expired) counts as made now.
+    pub fn from_stored(
+        tokens: Vec<StoredToken>,
+        join_sha256: Option<String>,
+        join_issued_at: Option<u64>,
+    ) -> Self {
+        let join_issued_at = join_sha256.as_ref().map(|_| {
+            join_issued_at.map_or_else(SystemTime::now, |secs| {
+                SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+            })
+        });
         let mut s = Self {
             join_sha256,
+            join_issued_at,
             ..Self::default()
         };
         for t in tokens {
@@ -65,6 +91,26 @@ impl AccessState {
         self.join_sha256
             .as_deref()
             .is_some_and(|h| h == sha256_hex(secret))
+    }
+
+    /// Checks a join token: the current one, and younger than `ttl` (if set).
+    pub fn check_join_token(
+        &self,
+        secret: &str,
+        now: SystemTime,
+        ttl: Option<Duration>,
+    ) -> Result<(), JoinRefusal> {
+        if !self.join_token_matches(secret) {
+            return Err(JoinRefusal::Wrong);
+        }
+        let age = self
+            .join_issued_at
+            .and_then(|t| now.duration_since(t).ok())
+            .unwrap_or_default();
+        match ttl {
+            Some(ttl) if age > ttl => Err(JoinRefusal::Expired { age }),
+            _ => Ok(()),
+        }
     }
 
     /// Creates a token; returns its secret.
@@ -112,8 +158,15 @@ impl AccessState {
     pub fn rotate_join(&mut self, out: &mut Vec<Mutation>) -> String {
         let secret = new_secret(JOIN_PREFIX);
         let h = sha256_hex(&secret);
-        out.push(Mutation::PutJoinToken(h.clone()));
+        let now = SystemTime::now();
+        out.push(Mutation::PutJoinToken {
+            sha256: h.clone(),
+            issued_at: now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        });
         self.join_sha256 = Some(h);
+        self.join_issued_at = Some(now);
         secret
     }
 
@@ -152,7 +205,7 @@ mod tests {
             panic!("{out:?}")
         };
         assert!(!stored.sha256.contains(&secret[4..]));
-        let reloaded = AccessState::from_stored(vec![(**stored).clone()], None);
+        let reloaded = AccessState::from_stored(vec![(**stored).clone()], None, None);
         assert_eq!(
             reloaded.authenticate(&secret),
             Some(("ci".into(), Role::Operator))
@@ -162,6 +215,39 @@ mod tests {
         assert!(matches!(
             s.revoke("ci", &mut out),
             Err(ManagerError::TokenNotFound(_))
+        ));
+    }
+
+    #[test]
+    fn join_tokens_expire_after_their_lifetime() {
+        let mut s = AccessState::default();
+        let mut out = Vec::new();
+        let secret = s.rotate_join(&mut out);
+        let ttl = Some(Duration::from_secs(3600));
+        let now = SystemTime::now();
+        assert_eq!(s.check_join_token(&secret, now, ttl), Ok(()));
+        assert_eq!(
+            s.check_join_token("mkj_forged", now, ttl),
+            Err(JoinRefusal::Wrong)
+        );
+        let later = now + Duration::from_secs(7200);
+        assert!(matches!(
+            s.check_join_token(&secret, later, ttl),
+            Err(JoinRefusal::Expired { age }) if age >= Duration::from_secs(7199)
+        ));
+        assert_eq!(
+            s.check_join_token(&secret, later, None),
+            Ok(()),
+            "no lifetime set"
+        );
+        // The issue time is stored: a reload keeps the age.
+        let Some(Mutation::PutJoinToken { sha256, issued_at }) = out.last().cloned() else {
+            panic!("the rotation is stored");
+        };
+        let reloaded = AccessState::from_stored(Vec::new(), Some(sha256), Some(issued_at));
+        assert!(matches!(
+            reloaded.check_join_token(&secret, later, ttl),
+            Err(JoinRefusal::Expired { .. })
         ));
     }
 

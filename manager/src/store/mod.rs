@@ -36,8 +36,13 @@ pub enum Mutation {
     PutToken(Box<StoredToken>),
     /// Remove an API token by name.
     DeleteToken(String),
-    /// Replace the join token (its hex SHA-256).
-    PutJoinToken(String),
+    /// Replace the join token.
+    PutJoinToken {
+        /// Hex SHA-256 of the secret.
+        sha256: String,
+        /// When it was made, in Unix seconds (it expires by `--join-token-ttl`).
+        issued_at: u64,
+    },
 }
 
 /// The small records the store holds, read once at start-up (tasks are
@@ -50,6 +55,9 @@ pub struct Snapshot {
     pub tokens: Vec<StoredToken>,
     /// Hex SHA-256 of the join token, once `init` made one.
     pub join_token_sha256: Option<String>,
+    /// When the join token was made, in Unix seconds (absent in stores
+    /// written before join tokens expired).
+    pub join_token_issued_at: Option<u64>,
 }
 
 /// A storage failure. The message says which operation failed.

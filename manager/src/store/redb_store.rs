@@ -19,6 +19,7 @@ const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 /// Single values: the join token's hash.
 const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
 const JOIN_TOKEN_KEY: &str = "join_token_sha256";
+const JOIN_TOKEN_ISSUED_KEY: &str = "join_token_issued_at";
 
 /// redb-backed [`Store`].
 pub struct RedbStore {
@@ -95,10 +96,11 @@ impl RedbStore {
                 .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
             snap.tokens.push(token);
         }
-        snap.join_token_sha256 = txn
-            .open_table(SETTINGS)?
-            .get(JOIN_TOKEN_KEY)?
-            .map(|v| v.value().to_string());
+        let settings = txn.open_table(SETTINGS)?;
+        snap.join_token_sha256 = settings.get(JOIN_TOKEN_KEY)?.map(|v| v.value().to_string());
+        snap.join_token_issued_at = settings
+            .get(JOIN_TOKEN_ISSUED_KEY)?
+            .and_then(|v| v.value().parse().ok());
         Ok(snap)
     }
 
@@ -165,9 +167,10 @@ impl RedbStore {
                     Mutation::DeleteToken(name) => {
                         txn.open_table(TOKENS)?.remove(name.as_str())?;
                     }
-                    Mutation::PutJoinToken(hash) => {
-                        txn.open_table(SETTINGS)?
-                            .insert(JOIN_TOKEN_KEY, hash.as_str())?;
+                    Mutation::PutJoinToken { sha256, issued_at } => {
+                        let mut settings = txn.open_table(SETTINGS)?;
+                        settings.insert(JOIN_TOKEN_KEY, sha256.as_str())?;
+                        settings.insert(JOIN_TOKEN_ISSUED_KEY, issued_at.to_string().as_str())?;
                     }
                 }
             }

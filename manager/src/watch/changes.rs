@@ -58,7 +58,7 @@ pub fn changes_from(mutations: &[Mutation]) -> Vec<pb::TaskChange> {
             Mutation::PutNode(_)
             | Mutation::PutToken(_)
             | Mutation::DeleteToken(_)
-            | Mutation::PutJoinToken(_) => {}
+            | Mutation::PutJoinToken { .. } => {}
         }
         i += 1;
     }
