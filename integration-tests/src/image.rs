@@ -84,14 +84,22 @@ impl TestImage {
 
     /// Removes every container of this run, whatever state it is in.
     pub fn remove_run_containers(&self) {
-        let mut ids = containers_with_label(&format!("{RUN_LABEL}={}", self.run_id));
-        ids.extend(containers_with_label(&format!(
-            "{IMAGE_RUN_LABEL}={}",
-            self.run_id
-        )));
-        ids.sort();
-        ids.dedup();
-        remove_containers(&ids);
+        // A create sent by an agent just before it was killed may still
+        // complete inside the engine: look again until a listing is empty.
+        for _ in 0..5 {
+            let mut ids = containers_with_label(&format!("{RUN_LABEL}={}", self.run_id));
+            ids.extend(containers_with_label(&format!(
+                "{IMAGE_RUN_LABEL}={}",
+                self.run_id
+            )));
+            if ids.is_empty() {
+                return;
+            }
+            ids.sort();
+            ids.dedup();
+            remove_containers(&ids);
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
     }
 }
 
