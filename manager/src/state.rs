@@ -162,8 +162,9 @@ impl Reservation {
 }
 
 impl State {
-    /// Rebuilds the model from the store. Nodes start disconnected: no
-    /// stream survives a manager restart.
+    /// Rebuilds nodes and tokens from the store (tasks follow through
+    /// [`State::load_task`]). Nodes start disconnected: no stream survives
+    /// a manager restart.
     pub fn from_snapshot(snap: Snapshot) -> Self {
         let mut st = State {
             access: crate::auth::tokens::AccessState::from_stored(

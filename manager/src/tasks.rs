@@ -147,10 +147,10 @@ impl Cluster {
     pub async fn stop_task(&self, id: &str) -> Result<pb::Task, ManagerError> {
         let (task, order) = self
             .write(|st, out| {
-                if let Some(Slot::Finished(_)) = st.tasks.slot(id) {
+                if let Some(slot @ Slot::Finished(_)) = st.tasks.slot(id) {
                     // Already over: nothing to stop, nothing to write.
-                    let task = st.tasks.slot(id).and_then(Slot::to_task);
-                    return task
+                    return slot
+                        .to_task()
                         .map(|t| (t, None))
                         .ok_or_else(|| ManagerError::TaskNotFound(id.to_string()));
                 }
