@@ -11,6 +11,15 @@ use minkube_common::telemetry::LogFormat;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "minkube-agent", version, about)]
 pub struct Args {
+    /// TOML file with any of these settings (keys named like the flags);
+    /// a flag or MINKUBE_* variable overrides it.
+    #[arg(long, env = "MINKUBE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// One-off commands instead of running.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Manager address, host:port or http://host:port.
     #[arg(long, env = "MINKUBE_MANAGER", default_value = "127.0.0.1:7070")]
     pub manager: String,
@@ -86,6 +95,24 @@ pub struct Args {
     pub simulated_exit_after: ExitAfter,
 }
 
+/// `minkube-agent <command>`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        what: ConfigCommand,
+    },
+}
+
+/// `minkube-agent config <command>`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective settings as TOML, each with where it came from
+    /// (flag, env, file or default).
+    Print,
+}
+
 /// Which container runtime the agent drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RuntimeKind {
@@ -137,6 +164,18 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn every_setting_is_in_the_example_files() {
+        let missing = minkube_common::config_file::undocumented::<Args>(
+            include_str!("../../deploy/config/agent.env"),
+            include_str!("../../deploy/config/agent.toml"),
+        );
+        assert!(
+            missing.is_empty(),
+            "not documented in deploy/config: {missing:?}"
+        );
+    }
 
     #[test]
     fn defaults() {

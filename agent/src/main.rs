@@ -2,7 +2,6 @@
 use std::future::Future;
 
 use anyhow::Context;
-use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
@@ -29,7 +28,13 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'stati
 }
 
 fn main() {
-    let args = minkube_agent::Args::parse();
+    let loaded =
+        minkube_common::config_file::load::<minkube_agent::Args>().unwrap_or_else(|e| e.exit());
+    if let Some(minkube_agent::config::Command::Config { .. }) = &loaded.args.command {
+        print!("{}", loaded.render());
+        return;
+    }
+    let args = loaded.args;
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -2,6 +2,7 @@
 //! spec validation, retry policy, label names, telemetry setup and trace-context propagation.
 
 pub mod admin;
+pub mod config_file;
 pub mod duration;
 pub mod host_access;
 pub mod labels;

@@ -18,6 +18,10 @@ fn parse_log_format(s: &str) -> Result<LogFormat, String> {
     about = "minkube control plane: gRPC API, scheduler, dispatcher, embedded store"
 )]
 pub struct Args {
+    /// TOML file with any of these settings (keys named like the flags);
+    /// a flag or MINKUBE_* variable overrides it.
+    #[arg(long, env = "MINKUBE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "MINKUBE_HOST", default_value = "127.0.0.1")]
     pub host: String,
@@ -118,6 +122,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_setting_is_in_the_example_files() {
+        let missing = minkube_common::config_file::undocumented::<Args>(
+            include_str!("../../deploy/config/manager.env"),
+            include_str!("../../deploy/config/manager.toml"),
+        );
+        assert!(
+            missing.is_empty(),
+            "not documented in deploy/config: {missing:?}"
+        );
+    }
+
+    #[test]
     fn defaults_and_flags() {
         let a = Args::try_parse_from(["m"]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(a.port, 7070);
@@ -165,4 +181,17 @@ pub enum Command {
         #[arg(long = "san", value_name = "NAME_OR_IP")]
         san: Vec<String>,
     },
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        what: ConfigCommand,
+    },
+}
+
+/// `minkube-manager config <command>`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective settings as TOML, each with where it came from
+    /// (flag, env, file or default).
+    Print,
 }

@@ -1,5 +1,5 @@
 //! minkube-manager binary: parse flags, start, serve until SIGTERM/SIGINT.
-use clap::Parser;
+use minkube_manager::config::{Command, ConfigCommand};
 use minkube_manager::{Args, Manager};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -9,12 +9,23 @@ use tokio::signal::unix::{signal, SignalKind};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    if let Some(minkube_manager::config::Command::Init { san }) = &args.command {
-        let done = minkube_manager::init::init(&args.data_dir, san)?;
-        print!("{}", done.instructions(&args.data_dir));
-        return Ok(());
+    let loaded = minkube_common::config_file::load::<Args>().unwrap_or_else(|e| e.exit());
+    match &loaded.args.command {
+        Some(Command::Init { san }) => {
+            let args = &loaded.args;
+            let done = minkube_manager::init::init(&args.data_dir, san)?;
+            print!("{}", done.instructions(&args.data_dir));
+            return Ok(());
+        }
+        Some(Command::Config {
+            what: ConfigCommand::Print,
+        }) => {
+            print!("{}", loaded.render());
+            return Ok(());
+        }
+        None => {}
     }
+    let args = loaded.args;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("minkube-manager")
