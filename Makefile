@@ -8,7 +8,20 @@ TEST_IMAGE_LABEL ?= minkube.test-run=manual
 # Label key that marks test containers and images; clean-test-artifacts removes only those.
 TEST_RUN_LABEL ?= minkube.test-run
 
-.PHONY: all build test fmt fmt-check lint unit-test demo bench bench-quick test-image clean-test-artifacts
+# Installation layout (`make install`, PREFIX and DESTDIR aware).
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+DOCDIR ?= $(PREFIX)/share/doc/minkube
+# Cargo profile of the installed binaries; INSTALL_BUILD=no installs what is built.
+PROFILE ?= release
+INSTALL_BUILD ?= yes
+profile_dir := $(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
+
+.PHONY: all build test install uninstall fmt fmt-check lint unit-test demo bench bench-quick test-image clean-test-artifacts
 
 all: build
 
@@ -69,3 +82,45 @@ clean-test-artifacts:
 	imgs=$$(docker images -q --filter 'label=$(TEST_RUN_LABEL)' | sort -u); \
 	if [ -n "$$imgs" ]; then echo "removing images: $$imgs"; docker rmi -f $$imgs >/dev/null; fi; \
 	echo "test artifacts removed"
+
+## install: binaries, systemd units, sysusers entry, example config and docs
+## under $(DESTDIR)$(PREFIX); existing files in $(SYSCONFDIR)/minkube are kept
+install:
+ifeq ($(INSTALL_BUILD),yes)
+	$(cargo) build --profile $(PROFILE) -p minkube -p minkube-manager -p minkube-agent --bins
+endif
+	@for b in minkube minkube-manager minkube-agent; do \
+		test -x target/$(profile_dir)/$$b || { echo "target/$(profile_dir)/$$b is missing: build it first (cargo build --profile $(PROFILE))" >&2; exit 1; }; \
+	done
+	install -d '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(UNITDIR)' '$(DESTDIR)$(SYSUSERSDIR)' \
+		'$(DESTDIR)$(DOCDIR)/examples' '$(DESTDIR)$(SYSCONFDIR)/minkube'
+	install -m 0755 target/$(profile_dir)/minkube target/$(profile_dir)/minkube-manager \
+		target/$(profile_dir)/minkube-agent '$(DESTDIR)$(BINDIR)/'
+	@for u in minkube-manager minkube-agent; do \
+		echo "install -m 0644 deploy/systemd/$$u.service $(DESTDIR)$(UNITDIR)/$$u.service"; \
+		sed -e 's|/usr/local/bin|$(BINDIR)|g' -e 's|/usr/local/share/doc/minkube|$(DOCDIR)|g' \
+			-e 's|/etc/minkube|$(SYSCONFDIR)/minkube|g' deploy/systemd/$$u.service \
+			> '$(DESTDIR)$(UNITDIR)/'$$u.service; \
+		chmod 0644 '$(DESTDIR)$(UNITDIR)/'$$u.service; \
+	done
+	install -m 0644 deploy/systemd/minkube.sysusers '$(DESTDIR)$(SYSUSERSDIR)/minkube.conf'
+	@# The env files may hold a join token: readable by root only (systemd reads them as root).
+	@for f in manager.env agent.env; do \
+		if [ -e '$(DESTDIR)$(SYSCONFDIR)/minkube/'$$f ]; then \
+			echo "keeping $(DESTDIR)$(SYSCONFDIR)/minkube/$$f"; \
+		else \
+			echo "install -m 0600 deploy/config/$$f $(DESTDIR)$(SYSCONFDIR)/minkube/$$f"; \
+			install -m 0600 deploy/config/$$f '$(DESTDIR)$(SYSCONFDIR)/minkube/'$$f; \
+		fi; \
+	done
+	install -m 0644 deploy/config/manager.env deploy/config/agent.env deploy/config/manager.toml \
+		deploy/config/agent.toml '$(DESTDIR)$(DOCDIR)/examples/'
+	install -m 0644 README.md docs/*.md '$(DESTDIR)$(DOCDIR)/'
+	@echo "installed under $(DESTDIR)$(PREFIX); next: systemd-sysusers, then see $(DOCDIR)/operations.md"
+
+## uninstall: removes what install put in place, except the config in $(SYSCONFDIR)/minkube
+uninstall:
+	rm -f '$(DESTDIR)$(BINDIR)/minkube' '$(DESTDIR)$(BINDIR)/minkube-manager' '$(DESTDIR)$(BINDIR)/minkube-agent' \
+		'$(DESTDIR)$(UNITDIR)/minkube-manager.service' '$(DESTDIR)$(UNITDIR)/minkube-agent.service' \
+		'$(DESTDIR)$(SYSUSERSDIR)/minkube.conf'
+	rm -rf '$(DESTDIR)$(DOCDIR)'

@@ -158,6 +158,37 @@ fn spawn_admin(
     )))
 }
 
+/// Follows the session for systemd: READY=1 when the first stream to the
+/// manager is established, a status line on every loss and return, and
+/// STOPPING=1 on shutdown.
+async fn tell_systemd(
+    systemd: minkube_common::sd_notify::Notifier,
+    manager: String,
+    mut ready: watch::Receiver<bool>,
+    mut stop_rx: watch::Receiver<bool>,
+) {
+    let mut told_ready = false;
+    loop {
+        let up = *ready.borrow_and_update();
+        let line = if up {
+            format!("connected to the manager at {manager}")
+        } else {
+            format!("connecting to the manager at {manager}")
+        };
+        if up && !told_ready {
+            systemd.ready(&line);
+            told_ready = true;
+        } else {
+            systemd.status(&line);
+        }
+        tokio::select! {
+            changed = ready.changed() => if changed.is_err() { break },
+            () = stopped(&mut stop_rx) => break,
+        }
+    }
+    systemd.stopping("stopping; containers keep running");
+}
+
 /// Everything after the checks: registration, the reconciler and the
 /// session loop, until `stop_rx` turns true. `disk_path` is the directory
 /// whose filesystem the heartbeats' disk statistics describe.
@@ -196,6 +227,16 @@ async fn serve(
     let (out_tx, out_rx) = mpsc::channel(CHANNEL_CAPACITY);
     let running = Arc::new(AtomicU32::new(0));
     let (ready_tx, ready_rx) = watch::channel(false);
+    let systemd = minkube_common::sd_notify::Notifier::from_env();
+    let _watchdog = systemd.spawn_watchdog();
+    let _systemd = systemd.is_enabled().then(|| {
+        AbortOnDrop(tokio::spawn(tell_systemd(
+            systemd,
+            args.manager.clone(),
+            ready_rx.clone(),
+            stop_rx.clone(),
+        )))
+    });
     let _admin = admin.map(|a| spawn_admin(a, ready_rx, Arc::clone(&running), stop_rx.clone()));
     let settings = Settings {
         stop_timeout: args.stop_timeout,

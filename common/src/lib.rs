@@ -8,6 +8,7 @@ pub mod host_access;
 pub mod labels;
 pub mod paging;
 pub mod retry;
+pub mod sd_notify;
 pub mod state_machine;
 pub mod telemetry;
 pub mod tls;

@@ -134,6 +134,11 @@ impl Manager {
             args,
         } = self;
         let (ready_tx, ready) = tokio::sync::watch::channel(true);
+        let systemd = minkube_common::sd_notify::Notifier::from_env();
+        let serving_on = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let admin_task = metrics.map(|handle| {
             let c = Arc::clone(&cluster);
             let collect: admin::Collect = Arc::new(move || c.collect_gauges());
@@ -154,8 +159,10 @@ impl Manager {
         let reflection_v1alpha = introspection::reflection_v1alpha()?;
         let stop = cluster.shutdown.clone();
         let c = Arc::clone(&cluster);
+        let notifier = systemd.clone();
         let on_signal = async move {
             signal.await;
+            notifier.stopping("shutting down: closing agent sessions, flushing the store");
             let _ = ready_tx.send(false);
             introspection::set_all(&health, tonic_health::ServingStatus::NotServing).await;
             tracing::info!("shutting down: closing agent sessions");
@@ -194,6 +201,10 @@ impl Manager {
             .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(nodelay(TcpListenerStream::new(listener)), on_signal);
         tokio::pin!(server);
+        // The listener is bound and the store loaded: calls are answered from
+        // the first poll of `server` on.
+        systemd.ready(&format!("serving gRPC on {serving_on}"));
+        let watchdog = systemd.spawn_watchdog();
         let result = tokio::select! {
             r = &mut server => r.map_err(ServeError::from),
             () = async {
@@ -209,6 +220,7 @@ impl Manager {
             let _ = t.await;
         }
         tracing::info!("manager stopped");
+        drop(watchdog);
         result
     }
 }
