@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost_types::Timestamp;
 
-use crate::pb::{DesiredState, NodeState, TaskState};
+use crate::pb::{DesiredState, NodeAvailability, NodeState, TaskState};
 
 /// The current time as a protobuf timestamp.
 pub fn now() -> Timestamp {
@@ -73,6 +73,16 @@ pub fn desired_state_name(s: DesiredState) -> &'static str {
         DesiredState::Unspecified => "unspecified",
         DesiredState::Running => "running",
         DesiredState::Stopped => "stopped",
+        DesiredState::Moving => "moving",
+    }
+}
+
+/// Lower-case short name of a node's availability (unset reads as active).
+pub fn availability_name(a: NodeAvailability) -> &'static str {
+    match a {
+        NodeAvailability::Unspecified | NodeAvailability::Active => "active",
+        NodeAvailability::Cordoned => "cordoned",
+        NodeAvailability::Drained => "drained",
     }
 }
 

@@ -66,6 +66,7 @@ fn spec() -> impl Strategy<Value = TaskSpec> {
                 (pull, restart, mr, ma),
                 (privileged, host_network, mounts),
             )| {
+                let constraints = labels_as_constraints(&name);
                 TaskSpec {
                     name,
                     image,
@@ -95,9 +96,19 @@ fn spec() -> impl Strategy<Value = TaskSpec> {
                             read_only,
                         })
                         .collect(),
+                    // Arbitrary strings: most are refused, none may panic.
+                    constraints,
                 }
             },
         )
+}
+
+fn labels_as_constraints(seed: &str) -> Vec<String> {
+    vec![
+        format!("node.label.{seed}=={seed}"),
+        seed.to_string(),
+        format!("node.name!={seed}"),
+    ]
 }
 
 proptest! {

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod config_file;
+pub mod constraints;
 pub mod duration;
 pub mod host_access;
 pub mod labels;

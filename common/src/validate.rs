@@ -302,6 +302,7 @@ pub fn validate_spec(spec: &TaskSpec) -> Result<(), ValidationError> {
             ),
         ));
     }
+    crate::constraints::parse_all(&spec.constraints)?;
     crate::host_access::validate(spec)
 }
 

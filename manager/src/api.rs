@@ -133,6 +133,17 @@ impl ControlService for ControlApi {
         )?))
     }
 
+    async fn update_node(
+        &self,
+        req: Request<pb::UpdateNodeRequest>,
+    ) -> Result<Response<pb::UpdateNodeResponse>, Status> {
+        let (node, tasks_draining) = self.cluster.update_node(req.into_inner()).await?;
+        Ok(Response::new(pb::UpdateNodeResponse {
+            node: Some(node),
+            tasks_draining,
+        }))
+    }
+
     async fn stop_task(
         &self,
         req: Request<pb::StopTaskRequest>,

@@ -100,7 +100,8 @@ impl Cluster {
                 let renamed = n.name != req.name;
                 n.name = req.name.clone();
                 n.address = req.address.clone();
-                n.labels = req.labels.clone();
+                n.agent_labels = req.labels.clone();
+                n.labels = crate::node_admin::effective_labels(n);
                 n.capacity = req.capacity;
                 n.agent_version = req.agent_version.clone();
                 n.last_heartbeat = Some(ts);

@@ -42,6 +42,8 @@ pub enum AttemptKind {
     Restart,
     /// Transient error: counts against `max_attempts`.
     Retry,
+    /// Off a drained node: counts against nothing.
+    Move,
 }
 
 /// The decision.
@@ -97,6 +99,9 @@ pub fn decide(
     }
     let policy = spec.restart_policy();
     let next = status.attempt.saturating_add(1);
+    if task.desired_state() == DesiredState::Moving {
+        return moved(policy, &status);
+    }
     match outcome {
         Outcome::Succeeded => {
             if policy == RestartPolicy::Always {
@@ -120,6 +125,28 @@ pub fn decide(
         Outcome::NodeLostBeforeStart => {
             retry(&spec, &status, "node lost before the task started", t, rng)
         }
+    }
+}
+
+/// After a drained node's agent stopped the attempt (or the node was lost
+/// meanwhile): a started task with restart policy never ends, every other
+/// task runs again elsewhere at once.
+fn moved(policy: RestartPolicy, status: &pb::TaskStatus) -> Decision {
+    let node = &status.node_name;
+    let started = status.state() == TaskState::Running;
+    if started && matches!(policy, RestartPolicy::Never | RestartPolicy::Unspecified) {
+        return Decision::Finish(
+            TaskState::Completed,
+            format!("stopped: node {node} was drained and the restart policy is never"),
+        );
+    }
+    Decision::Again {
+        kind: AttemptKind::Move,
+        delay: Duration::ZERO,
+        reason: format!(
+            "moving as attempt {}: node {node} was drained",
+            status.attempt.saturating_add(1)
+        ),
     }
 }
 
@@ -318,6 +345,45 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn tasks_of_a_drained_node_move_unless_started_with_policy_never() {
+        let moving = |policy, state| {
+            let mut t = task(policy, 0, 0);
+            t.set_desired_state(DesiredState::Moving);
+            let s = t.status.get_or_insert_with(Default::default);
+            s.set_state(state);
+            s.node_name = "w1".into();
+            s.attempt = 1;
+            t
+        };
+        let ended = decide_(
+            &moving(RestartPolicy::Never, TaskState::Running),
+            Outcome::Succeeded,
+        );
+        assert_eq!(
+            ended,
+            Decision::Finish(
+                TaskState::Completed,
+                "stopped: node w1 was drained and the restart policy is never".into()
+            )
+        );
+        for (policy, state) in [
+            (RestartPolicy::Never, TaskState::Scheduled),
+            (RestartPolicy::OnFailure, TaskState::Running),
+            (RestartPolicy::Always, TaskState::Running),
+        ] {
+            assert_eq!(
+                decide_(&moving(policy, state), Outcome::Exited("x".into())),
+                Decision::Again {
+                    kind: AttemptKind::Move,
+                    delay: Duration::ZERO,
+                    reason: "moving as attempt 2: node w1 was drained".into()
+                },
+                "{policy:?} {state:?}"
+            );
+        }
     }
 
     #[test]

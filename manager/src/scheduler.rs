@@ -1,11 +1,13 @@
-//! Placement: round robin over READY nodes in name order, skipping nodes
-//! without the memory a task reserves. A task no node can take stays PENDING
-//! with a reason and is retried whenever capacity appears (a node connects,
-//! a task ends), so nothing waits forever for a poll.
+//! Placement: round robin over READY, active (not cordoned or drained) nodes
+//! in name order, skipping nodes without the memory a task reserves or that
+//! miss one of its constraints. A task no node can take stays PENDING with a
+//! reason and is retried whenever capacity appears (a node connects or is
+//! made active, a task ends), so nothing waits forever for a poll.
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use minkube::pb::{self, NodeState, TaskState};
+use minkube::pb::{self, NodeAvailability, NodeState, TaskState};
+use minkube_common::constraints::{self, Constraint};
 use minkube_common::trace_context;
 use minkube_common::validate::MIN_MEMORY_MB;
 
@@ -39,19 +41,34 @@ impl NodeRing {
     }
 }
 
-/// Memory a node can still give, if it is READY with a live session.
-fn free_mb(st: &State, id: &str) -> Option<u64> {
+/// Whether new tasks may go to the node: READY with a live session, and
+/// neither cordoned nor drained.
+fn takes_tasks(n: &crate::state::NodeEntry) -> bool {
+    n.node.state() == NodeState::Ready
+        && n.session.is_some()
+        && matches!(
+            n.node.availability(),
+            NodeAvailability::Active | NodeAvailability::Unspecified
+        )
+}
+
+/// Memory a node can still give, if it takes tasks and meets `constraints`.
+fn free_mb(st: &State, id: &str, constraints: &[Constraint]) -> Option<u64> {
     let n = st.nodes.get(id)?;
-    if n.node.state() != NodeState::Ready || n.session.is_none() {
+    if !takes_tasks(n)
+        || !constraints
+            .iter()
+            .all(|c| c.matches(&n.node.name, &n.node.labels))
+    {
         return None;
     }
     let cap = n.node.capacity.as_ref().map_or(0, |c| c.memory_mb);
     Some(cap.saturating_sub(st.usage(id).memory_mb))
 }
 
-/// The next node after the cursor (by name, wrapping) with `need_mb` free:
-/// its (id, name).
-fn pick(st: &State, need_mb: u64) -> Option<(String, String)> {
+/// The next node after the cursor (by name, wrapping) with `need_mb` free
+/// that meets `constraints`: its (id, name).
+fn pick(st: &State, need_mb: u64, constraints: &[Constraint]) -> Option<(String, String)> {
     let ring = &st.ring.names;
     if ring.is_empty() {
         return None;
@@ -67,7 +84,7 @@ fn pick(st: &State, need_mb: u64) -> Option<(String, String)> {
     });
     (0..ring.len())
         .map(|i| &ring[(start + i) % ring.len()])
-        .find(|(_, id)| free_mb(st, id).is_some_and(|free| free >= need_mb))
+        .find(|(_, id)| free_mb(st, id, constraints).is_some_and(|free| free >= need_mb))
         .map(|(name, id)| (id.clone(), name.clone()))
 }
 
@@ -80,9 +97,33 @@ pub struct Placement {
     pub assignment: pb::Assignment,
 }
 
-/// Why a task waits.
-pub fn unplaceable_reason(need_mb: u64) -> String {
-    format!("no ready node with {need_mb} MB free")
+/// Why a task waits: no node has the memory, or none meets its constraints
+/// (then: whether any would, given the memory). Looks at every node, so it
+/// runs only for tasks that found none.
+fn unplaceable_reason(st: &State, need_mb: u64, constraints: &[Constraint]) -> String {
+    let held_back = st
+        .nodes
+        .values()
+        .filter(|n| n.node.state() == NodeState::Ready && n.session.is_some() && !takes_tasks(n))
+        .count();
+    let aside = match held_back {
+        0 => String::new(),
+        1 => " (1 ready node is cordoned or drained)".to_string(),
+        k => format!(" ({k} ready nodes are cordoned or drained)"),
+    };
+    if constraints.is_empty() {
+        return format!("no ready node with {need_mb} MB free{aside}");
+    }
+    let wanted = constraints::describe(constraints);
+    let meeting = st
+        .nodes
+        .keys()
+        .any(|id| free_mb(st, id, constraints).is_some());
+    if meeting {
+        format!("no ready node meeting {wanted} has {need_mb} MB free{aside}")
+    } else {
+        format!("no ready node meets {wanted}{aside}")
+    }
 }
 
 /// Result of a scheduling pass.
@@ -114,14 +155,14 @@ pub fn schedule(st: &mut State, now: SystemTime, out: &mut Vec<Mutation>) -> Pas
     // With no room for even the smallest task, nothing in the queue can be
     // placed: only the new tasks need a look (for their reason). Whatever
     // adds room (a node connecting, a task ending) kicks a full pass.
-    let queue: Vec<String> = if pick(st, MIN_MEMORY_MB).is_none() {
+    let queue: Vec<String> = if pick(st, MIN_MEMORY_MB, &[]).is_none() {
         fresh
     } else {
         st.unplaced.iter().cloned().collect()
     };
     // Room only shrinks during a pass: once a task needing N MB found no
-    // node, no later task needing N or more will.
-    let mut smallest_refused = u64::MAX;
+    // node, no later task needing N or more will (with the same constraints).
+    let mut smallest_refused: HashMap<Vec<String>, u64> = HashMap::new();
     for id in queue {
         if !st.unplaced.contains(&id) {
             continue;
@@ -136,17 +177,33 @@ pub fn schedule(st: &mut State, now: SystemTime, out: &mut Vec<Mutation>) -> Pas
         }
         let need = entry.memory_mb();
         let attempt = entry.status().attempt.max(1);
-        let picked = if need >= smallest_refused {
+        let wanted = entry
+            .task
+            .spec
+            .as_ref()
+            .map(|s| s.constraints.clone())
+            .unwrap_or_default();
+        // Checked when the task was created: a stored one parses.
+        let parsed = constraints::parse_all(&wanted).unwrap_or_default();
+        let refused = smallest_refused.get(&wanted).copied().unwrap_or(u64::MAX);
+        let picked = if need >= refused {
             None
         } else {
-            pick(st, need)
+            pick(st, need, &parsed)
         };
         let Some((node_id, node_name)) = picked else {
-            smallest_refused = smallest_refused.min(need);
+            smallest_refused.insert(wanted, refused.min(need));
             metrics::counter!("minkube_manager_scheduling_decisions_total", "result" => "unplaceable")
                 .increment(1);
-            let reason = unplaceable_reason(need);
-            if entry.state() == TaskState::Pending && entry.status().reason != reason {
+            if entry.state() != TaskState::Pending {
+                continue;
+            }
+            let reason = unplaceable_reason(st, need, &parsed);
+            if st
+                .tasks
+                .live(&id)
+                .is_some_and(|e| e.status().reason != reason)
+            {
                 if let Some(e) = st.tasks.get_mut(&id) {
                     e.task.status.get_or_insert_with(Default::default).reason = reason;
                 }
@@ -222,7 +279,7 @@ mod tests {
     }
 
     fn picked(st: &State, need: u64) -> Option<String> {
-        pick(st, need).map(|(_, name)| name)
+        pick(st, need, &[]).map(|(_, name)| name)
     }
 
     #[test]
@@ -279,11 +336,16 @@ mod tests {
     }
 
     fn pending(st: &mut State, id: &str, mb: u64, out: &mut Vec<Mutation>) {
+        constrained(st, id, mb, &[], out);
+    }
+
+    fn constrained(st: &mut State, id: &str, mb: u64, cs: &[&str], out: &mut Vec<Mutation>) {
         st.insert_task(
             pb::Task {
                 id: id.into(),
                 spec: Some(pb::TaskSpec {
                     memory_mb: mb,
+                    constraints: cs.iter().map(|c| c.to_string()).collect(),
                     ..Default::default()
                 }),
                 status: Some(pb::TaskStatus {
@@ -351,5 +413,94 @@ mod tests {
             .collect();
         assert_eq!(ids, ["t0", "t1", "t3"]);
         assert_eq!(st.unplaced.iter().collect::<Vec<_>>(), ["t2"]);
+    }
+
+    fn placed_on(st: &State, id: &str) -> String {
+        st.tasks.get(id).unwrap().status().node_name.clone()
+    }
+
+    #[test]
+    fn cordoned_and_drained_nodes_take_no_new_tasks() {
+        let mut st = State::default();
+        let mut out = Vec::new();
+        ready_node(&mut st, "a", 100);
+        ready_node(&mut st, "b", 100);
+        st.nodes
+            .get_mut("id-a")
+            .unwrap()
+            .node
+            .set_availability(NodeAvailability::Cordoned);
+        for i in 0..3 {
+            pending(&mut st, &format!("t{i}"), 10, &mut out);
+        }
+        schedule(&mut st, SystemTime::now(), &mut out);
+        for i in 0..3 {
+            assert_eq!(placed_on(&st, &format!("t{i}")), "b");
+        }
+        st.nodes
+            .get_mut("id-b")
+            .unwrap()
+            .node
+            .set_availability(NodeAvailability::Drained);
+        pending(&mut st, "t3", 10, &mut out);
+        schedule(&mut st, SystemTime::now(), &mut out);
+        assert_eq!(
+            st.tasks.get("t3").unwrap().status().reason,
+            "no ready node with 10 MB free (2 ready nodes are cordoned or drained)"
+        );
+        st.nodes
+            .get_mut("id-a")
+            .unwrap()
+            .node
+            .set_availability(NodeAvailability::Active);
+        schedule(&mut st, SystemTime::now(), &mut out);
+        assert_eq!(placed_on(&st, "t3"), "a");
+    }
+
+    #[test]
+    fn constraints_pick_matching_nodes_and_say_why_none_does() {
+        let mut st = State::default();
+        let mut out = Vec::new();
+        for (name, zone) in [("a", "x"), ("b", "y"), ("c", "y")] {
+            ready_node(&mut st, name, 100);
+            let n = &mut st.nodes.get_mut(&format!("id-{name}")).unwrap().node;
+            n.labels.insert("zone".into(), zone.into());
+        }
+        for i in 0..4 {
+            constrained(
+                &mut st,
+                &format!("y{i}"),
+                10,
+                &["node.label.zone==y"],
+                &mut out,
+            );
+        }
+        constrained(
+            &mut st,
+            "not-b",
+            10,
+            &["node.label.zone==y", "node.name!=b"],
+            &mut out,
+        );
+        constrained(&mut st, "nowhere", 10, &["node.label.zone==z"], &mut out);
+        constrained(&mut st, "too-big", 200, &["node.label.zone==y"], &mut out);
+        schedule(&mut st, SystemTime::now(), &mut out);
+        let ys: Vec<String> = (0..4).map(|i| placed_on(&st, &format!("y{i}"))).collect();
+        assert_eq!(ys, ["b", "c", "b", "c"]);
+        assert_eq!(placed_on(&st, "not-b"), "c");
+        assert_eq!(
+            st.tasks.get("nowhere").unwrap().status().reason,
+            "no ready node meets node.label.zone==z"
+        );
+        assert_eq!(
+            st.tasks.get("too-big").unwrap().status().reason,
+            "no ready node meeting node.label.zone==y has 200 MB free"
+        );
+        // (ids are queued in order: not-b went first, to c.)
+        // A label appears: the waiting task is placed by the next pass.
+        let n = &mut st.nodes.get_mut("id-a").unwrap().node;
+        n.labels.insert("zone".into(), "z".into());
+        schedule(&mut st, SystemTime::now(), &mut out);
+        assert_eq!(placed_on(&st, "nowhere"), "a");
     }
 }

@@ -338,6 +338,7 @@ impl State {
                     crate::policy::AttemptKind::Retry => {
                         s.transient_failures = s.transient_failures.saturating_add(1);
                     }
+                    crate::policy::AttemptKind::Move => {}
                 }
             },
             out,
@@ -345,6 +346,10 @@ impl State {
         if let Some(e) = self.tasks.get_mut(id) {
             // The agent numbers the new attempt's updates afresh.
             e.last_sequence = 0;
+            if e.task.desired_state() == pb::DesiredState::Moving {
+                // Off the drained node: the new attempt simply runs.
+                e.task.set_desired_state(pb::DesiredState::Running);
+            }
         }
         self.put_task(id, out);
         self.unplaced.insert(id.to_string());

@@ -215,17 +215,28 @@ fn finish_attempt(
     st.apply_decision(&u.task_id, &outcome, decision, out)
 }
 
+/// The reason a stop order carries (and the agent's report repeats).
+pub fn stop_reason(task: &pb::Task) -> String {
+    match task.desired_state() {
+        DesiredState::Moving => format!(
+            "node {} drained",
+            task.status.as_ref().map_or("", |s| s.node_name.as_str())
+        ),
+        _ => "stopped by user".into(),
+    }
+}
+
 /// What the node should run (DesiredSet) and what it must stop, for a new session.
 pub fn desired_for(st: &State, node_id: &str) -> (pb::DesiredSet, Vec<pb::StopOrder>) {
     let mut set = pb::DesiredSet::default();
     let mut stops = Vec::new();
     for e in st.active_on(node_id) {
         let s = e.status();
-        if e.task.desired_state() == DesiredState::Stopped {
+        if e.task.desired_state() != DesiredState::Running {
             stops.push(pb::StopOrder {
                 task_id: e.task.id.clone(),
                 attempt: s.attempt,
-                reason: "stopped by user".into(),
+                reason: stop_reason(&e.task),
                 // A stop re-sent on reconnect continues the task's trace.
                 trace_context: e.trace_context.clone(),
             });

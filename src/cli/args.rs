@@ -162,6 +162,10 @@ impl Command {
             Command::Stop { .. } => "stop",
             Command::Nodes => "nodes",
             Command::Node(NodeCommand::Get { .. }) => "node get",
+            Command::Node(NodeCommand::Cordon { .. }) => "node cordon",
+            Command::Node(NodeCommand::Uncordon { .. }) => "node uncordon",
+            Command::Node(NodeCommand::Drain { .. }) => "node drain",
+            Command::Node(NodeCommand::Label { .. }) => "node label",
             Command::Token(TokenCommand::Create { .. }) => "token create",
             Command::Token(TokenCommand::List) => "token list",
             Command::Token(TokenCommand::Revoke { .. }) => "token revoke",
@@ -195,6 +199,75 @@ pub enum NodeCommand {
         /// Node name or id.
         node: String,
     },
+    /// Place no new tasks on the node; its tasks keep running (admin).
+    Cordon {
+        /// Node name or id.
+        node: String,
+    },
+    /// Let the scheduler use the node again after cordon or drain (admin).
+    Uncordon {
+        /// Node name or id.
+        node: String,
+    },
+    /// Place no new tasks on the node and move or stop its tasks by their
+    /// restart policy; waits until no task is left on it (admin).
+    Drain {
+        /// Node name or id.
+        node: String,
+        /// Give up waiting after this long (the drain itself goes on).
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_wait)]
+        timeout: std::time::Duration,
+        /// Start the drain and return at once.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Set (KEY=VALUE) or remove (KEY-) admin labels of the node; task
+    /// constraints such as node.label.zone==a match them (admin).
+    Label {
+        /// Node name or id.
+        node: String,
+        /// KEY=VALUE to set, KEY- to remove.
+        #[arg(required = true, value_name = "KEY=VALUE|KEY-", value_parser = parse_label_change)]
+        changes: Vec<LabelChange>,
+    },
+}
+
+/// One change of `minkube node label`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelChange {
+    Set(String, String),
+    Remove(String),
+}
+
+fn parse_label_change(s: &str) -> Result<LabelChange, String> {
+    if let Some((k, v)) = s.split_once('=') {
+        if k.is_empty() {
+            return Err(format!("{s:?}: the key is empty; use KEY=VALUE or KEY-"));
+        }
+        return Ok(LabelChange::Set(k.to_string(), v.to_string()));
+    }
+    match s.strip_suffix('-') {
+        Some(k) if !k.is_empty() => Ok(LabelChange::Remove(k.to_string())),
+        _ => Err(format!(
+            "{s:?}: use KEY=VALUE to set a label or KEY- to remove it"
+        )),
+    }
+}
+
+/// `90s`, `5m`, `1h` or plain seconds.
+fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: use e.g. 90s, 5m or 1h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(format!("{s:?} is not a duration: use e.g. 90s, 5m or 1h")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 /// Arguments of `minkube run`.
@@ -238,6 +311,10 @@ pub struct RunArgs {
     /// Use the host's network (the manager must allow it; admin only).
     #[arg(long)]
     pub host_network: bool,
+    /// Placement constraint, repeatable: node.label.KEY==VALUE,
+    /// node.label.KEY!=VALUE, node.name==NAME or node.name!=NAME.
+    #[arg(long = "constraint", value_name = "EXPR")]
+    pub constraints: Vec<String>,
     /// Bind-mount a host path (the manager must allow it; admin only).
     #[arg(long = "mount", value_name = "HOST:CONTAINER[:ro]", value_parser = parse_mount)]
     pub mounts: Vec<minkube::pb::HostMount>,
@@ -532,6 +609,26 @@ mod tests {
         assert_eq!(cli.manager, "h:1");
         assert_eq!(cli.output, Output::Json);
         assert!(matches!(cli.command, Command::Node(NodeCommand::Get { node }) if node == "n1"));
+        let cli = parse(&["node", "label", "n1", "zone=a", "disk-"]).unwrap();
+        let Command::Node(NodeCommand::Label { changes, .. }) = cli.command else {
+            panic!("not node label");
+        };
+        assert_eq!(
+            changes,
+            vec![
+                LabelChange::Set("zone".into(), "a".into()),
+                LabelChange::Remove("disk".into())
+            ]
+        );
+        assert!(parse(&["node", "label", "n1", "zone"]).is_err());
+        assert!(parse(&["node", "label", "n1"]).is_err());
+        let cli = parse(&["node", "drain", "n1", "--timeout", "90s"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Node(NodeCommand::Drain { timeout, no_wait: false, .. })
+                if timeout == std::time::Duration::from_secs(90)
+        ));
+        assert!(parse(&["node", "drain", "n1", "--timeout", "soon"]).is_err());
     }
 
     #[test]

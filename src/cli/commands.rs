@@ -102,6 +102,7 @@ pub fn build_spec(a: &RunArgs) -> TaskSpec {
             })
             .collect(),
         labels: a.labels.iter().cloned().collect(),
+        constraints: a.constraints.clone(),
         ..Default::default()
     };
     spec.set_pull_policy(a.pull_policy.into());
@@ -279,6 +280,7 @@ mod tests {
             privileged: false,
             host_network: false,
             mounts: Vec::new(),
+            constraints: vec!["node.label.zone==a".into()],
             command: vec!["sleep".into(), "1".into()],
         };
         let s = build_spec(&a);
@@ -294,6 +296,7 @@ mod tests {
         assert_eq!(s.labels.get("team").map(String::as_str), Some("x"));
         assert_eq!(s.pull_policy(), PullPolicy::Never);
         assert_eq!(s.command, vec!["sleep", "1"]);
+        assert_eq!(s.constraints, vec!["node.label.zone==a"]);
     }
 
     #[test]

@@ -146,8 +146,15 @@ pub fn node(n: &Node) -> String {
             node_state_name(n.state()).to_string()
         },
     );
+    b.add(
+        "Availability",
+        minkube::convert::availability_name(n.availability()),
+    );
     b.add("Address", n.address.clone());
     b.add("Labels", key_values(&n.labels));
+    if !n.admin_labels.is_empty() {
+        b.add("Set by admin", key_values(&n.admin_labels));
+    }
     b.add("CPU", format!("{} cores", cores(cap.cpu_cores)));
     b.add("Memory", format!("{} MB", cap.memory_mb));
     b.add(

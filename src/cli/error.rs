@@ -28,6 +28,15 @@ pub enum CliError {
     Malformed(&'static str),
     /// Writing the output failed.
     Output(String),
+    /// `node drain` gave up waiting; the drain goes on.
+    DrainTimeout {
+        /// The node's name.
+        node: String,
+        /// Tasks still on it.
+        left: u64,
+        /// How long we waited.
+        after: Duration,
+    },
     /// A file named by a flag could not be read.
     File {
         /// The flag.
@@ -75,6 +84,11 @@ impl std::fmt::Display for CliError {
                 "the manager's answer has no {what}; is the manager the same version as this CLI?"
             ),
             CliError::Output(e) => write!(f, "cannot write output: {e}"),
+            CliError::DrainTimeout { node, left, after } => write!(
+                f,
+                "node {node} still has {left} tasks after {}s; the drain goes on: see `minkube ps --node {node}`, or wait longer with `minkube node drain {node} --timeout 10m`",
+                after.as_secs()
+            ),
             CliError::File { flag, path, error } => {
                 write!(f, "cannot read {path} (given by {flag}): {error}")
             }

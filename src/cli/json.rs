@@ -133,6 +133,12 @@ pub fn node(n: &Node) -> Value {
     put(&mut m, "capacity", n.capacity.as_ref().map(resources));
     put(&mut m, "allocated", n.allocated.as_ref().map(resources));
     m.insert("state".into(), json!(node_state_name(n.state())));
+    m.insert(
+        "availability".into(),
+        json!(minkube::convert::availability_name(n.availability())),
+    );
+    m.insert("agent_labels".into(), string_map(&n.agent_labels));
+    m.insert("admin_labels".into(), string_map(&n.admin_labels));
     put(&mut m, "registered_at", time(n.registered_at.as_ref()));
     put(&mut m, "last_heartbeat", time(n.last_heartbeat.as_ref()));
     m.insert("active_tasks".into(), json!(n.active_tasks));

@@ -10,6 +10,7 @@ mod fixtures;
 pub mod json;
 pub mod logs;
 pub mod names;
+pub mod node_admin;
 pub mod table;
 pub mod timefmt;
 pub mod trace;
@@ -53,6 +54,7 @@ pub async fn run(cli: Cli, trace: opentelemetry::Context) -> Result<(), CliError
         Command::Stop { id } => commands::stop(&session, id, out).await?,
         Command::Nodes => commands::nodes(&session, out).await?,
         Command::Node(NodeCommand::Get { node }) => commands::node_get(&session, node, out).await?,
+        Command::Node(c) => node_admin::run(&session, c, out).await?,
         Command::Token(t) => access::token(&session, t, out).await?,
         Command::Whoami => access::whoami(&session, out).await?,
     };

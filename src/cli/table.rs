@@ -151,6 +151,23 @@ fn stats_cells(stats: Option<&HostStats>) -> [String; 4] {
     }
 }
 
+/// `ready`, `ready,cordoned`, `down (lost)`: connection state, then the
+/// availability when the scheduler may not use the node.
+fn node_state_cell(n: &Node) -> String {
+    let mut cell = node_state_name(n.state()).to_string();
+    if !matches!(
+        n.availability(),
+        minkube::pb::NodeAvailability::Active | minkube::pb::NodeAvailability::Unspecified
+    ) {
+        cell.push(',');
+        cell.push_str(minkube::convert::availability_name(n.availability()));
+    }
+    if n.lost {
+        cell.push_str(" (lost)");
+    }
+    cell
+}
+
 /// The `nodes` table: capacity and reservations, then the host statistics
 /// of the latest heartbeat (CPU use, memory and disk available, load).
 pub fn nodes(nodes: &[Node], now: &Timestamp) -> String {
@@ -175,11 +192,7 @@ pub fn nodes(nodes: &[Node], now: &Timestamp) -> String {
         t.row(vec![
             n.name.clone(),
             n.id.clone(),
-            if n.lost {
-                format!("{} (lost)", node_state_name(n.state()))
-            } else {
-                node_state_name(n.state()).to_string()
-            },
+            node_state_cell(n),
             cores(cap.cpu_cores),
             format!("{}MB", cap.memory_mb),
             format!("{}MB/{}cpu", alloc.memory_mb, cores(alloc.cpu_cores)),
