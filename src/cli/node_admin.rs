@@ -169,7 +169,7 @@ async fn wait_drained(
             let msg = tokio::select! {
                 m = a.message() => m,
                 m = b.message() => m,
-                () = tokio::time::sleep_until(deadline) => return Ok(left_on(s, &node.id).await?),
+                () = tokio::time::sleep_until(deadline) => return left_on(s, &node.id).await,
             };
             match msg {
                 Ok(Some(m)) if !matches!(m.kind, Some(watch_tasks_response::Kind::Lagged(_))) => {
