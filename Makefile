@@ -21,7 +21,7 @@ PROFILE ?= release
 INSTALL_BUILD ?= yes
 profile_dir := $(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
 
-.PHONY: all build test install uninstall fmt fmt-check lint unit-test demo bench bench-quick test-image clean-test-artifacts
+.PHONY: all build test install uninstall cluster-image cluster-up cluster-down fmt fmt-check lint unit-test demo bench bench-quick test-image clean-test-artifacts
 
 all: build
 
@@ -124,3 +124,21 @@ uninstall:
 		'$(DESTDIR)$(UNITDIR)/minkube-manager.service' '$(DESTDIR)$(UNITDIR)/minkube-agent.service' \
 		'$(DESTDIR)$(SYSUSERSDIR)/minkube.conf'
 	rm -rf '$(DESTDIR)$(DOCDIR)'
+
+# The compose test cluster (deploy/compose): image tag and compose project.
+CLUSTER_IMAGE ?= minkube-node:local
+CLUSTER_PROJECT ?= minkube-cluster
+cluster_env = MINKUBE_CLUSTER_IMAGE='$(CLUSTER_IMAGE)' MINKUBE_CLUSTER_PROJECT='$(CLUSTER_PROJECT)' BIN_DIR='$(CURDIR)/target/$(profile_dir)'
+
+## cluster-image: the image the compose cluster runs, from $(PROFILE) binaries
+cluster-image:
+	$(cargo) build --profile $(PROFILE) -p minkube -p minkube-manager -p minkube-agent --bins
+	deploy/compose/build-image.sh target/$(profile_dir) '$(CLUSTER_IMAGE)' minkube.cluster=local
+
+## cluster-up: a manager and 3 agent hosts on a private Docker network (deploy/compose)
+cluster-up: cluster-image
+	$(cluster_env) deploy/compose/cluster.sh up
+
+## cluster-down: removes the compose cluster, its volumes and its task containers
+cluster-down:
+	$(cluster_env) deploy/compose/cluster.sh down

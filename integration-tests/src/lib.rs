@@ -7,6 +7,7 @@ mod api;
 pub mod binaries;
 mod cli;
 pub mod cluster;
+pub mod compose;
 pub mod describe;
 pub mod docker;
 pub mod image;

@@ -108,7 +108,9 @@ async fn read_loop(
             Some(Msg::Heartbeat(h)) => h.stats.take(),
             _ => None,
         };
-        cluster.heartbeat(node_id, stats);
+        if cluster.heartbeat(node_id, stats) {
+            cluster.resend_desired(node_id).await;
+        }
         match msg.msg {
             Some(Msg::Heartbeat(_)) | None => {}
             Some(Msg::Status(batch)) => match cluster.apply_status(node_id, batch).await {

@@ -168,10 +168,14 @@ impl Cluster {
     /// `stats` (from a Heartbeat) replace the node's host statistics. They
     /// are live data that change every few seconds and mean nothing after a
     /// restart, so they stay in memory: no store write per heartbeat.
-    pub(crate) fn heartbeat(&self, node_id: &str, stats: Option<pb::HostStats>) {
+    ///
+    /// True when the node was lost and is back on the same session: its
+    /// tasks were moved meanwhile, so it must be told what it should run
+    /// now ([`Cluster::resend_desired`]); a new session does that anyway.
+    pub(crate) fn heartbeat(&self, node_id: &str, stats: Option<pb::HostStats>) -> bool {
         let mut st = self.lock();
         let Some(e) = st.nodes.get_mut(node_id) else {
-            return;
+            return false;
         };
         e.last_seen = tokio::time::Instant::now();
         e.node.last_heartbeat = Some(now());
@@ -179,12 +183,15 @@ impl Cluster {
             e.node.stats = Some(sanitized(s));
         }
         if e.node.state() == NodeState::Down && e.session.is_some() {
-            tracing::info!(node_id, "node is heard from again: ready");
+            let was_lost = e.node.lost;
+            tracing::info!(node_id, was_lost, "node is heard from again: ready");
             e.node.set_state(NodeState::Ready);
             e.node.lost = false;
             drop(st);
             self.kick_scheduler();
+            return was_lost;
         }
+        false
     }
 
     /// One page of nodes in name order; the token is the last name.

@@ -288,14 +288,37 @@ impl Cluster {
         if freed {
             self.kick_scheduler();
         }
-        if let Some((set, stops)) = follow_up {
-            self.send(node_id, pb::manager_message::Msg::DesiredSet(set))
-                .await;
-            for s in stops {
-                self.send(node_id, pb::manager_message::Msg::Stop(s)).await;
-            }
+        if let Some(desired) = follow_up {
+            self.send_desired(node_id, desired).await;
         }
         Ok(())
+    }
+
+    /// Tells a node again what it should run and stop, e.g. when it comes
+    /// back from lost on its old session (a cut network that heals before
+    /// either side noticed the connection was gone): whatever was moved off
+    /// it meanwhile is stopped there.
+    pub(crate) async fn resend_desired(&self, node_id: &str) {
+        let desired = desired_for(&self.lock(), node_id);
+        tracing::info!(
+            node_id,
+            tasks = desired.0.assignments.len(),
+            stops = desired.1.len(),
+            "node back from lost: sending its desired set again"
+        );
+        self.send_desired(node_id, desired).await;
+    }
+
+    async fn send_desired(
+        &self,
+        node_id: &str,
+        (set, stops): (pb::DesiredSet, Vec<pb::StopOrder>),
+    ) {
+        self.send(node_id, pb::manager_message::Msg::DesiredSet(set))
+            .await;
+        for s in stops {
+            self.send(node_id, pb::manager_message::Msg::Stop(s)).await;
+        }
     }
 }
 

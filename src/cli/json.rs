@@ -50,8 +50,11 @@ pub fn spec(s: &TaskSpec) -> Value {
         "max_attempts": s.max_attempts,
         "labels": string_map(&s.labels),
     });
-    // Host access, shown only when asked for.
+    // Host access and constraints, shown only when asked for.
     if let Some(m) = v.as_object_mut() {
+        if !s.constraints.is_empty() {
+            m.insert("constraints".into(), json!(s.constraints));
+        }
         if s.privileged {
             m.insert("privileged".into(), json!(true));
         }
