@@ -127,7 +127,17 @@ pub(super) fn ports_from_map(map: Option<&PortMap>) -> Vec<pb::PortBinding> {
             }
         }
     }
-    out.sort_by_key(|p| (p.container_port, p.protocol, p.host_port));
+    // IPv4 first for each port: when Docker picked different host ports for
+    // the two families (it allocates them separately), the first binding
+    // listed is the one 127.0.0.1 and most clients reach.
+    out.sort_by_key(|p| {
+        (
+            p.container_port,
+            p.protocol,
+            p.host_ip.contains(':'),
+            p.host_port,
+        )
+    });
     out
 }
 
@@ -217,6 +227,21 @@ mod tests {
             host_ip: Some(ip.into()),
             host_port: Some(port.into()),
         }
+    }
+
+    #[test]
+    fn ipv4_comes_first_when_the_families_got_different_ports() {
+        let mut map: PortMap = HashMap::new();
+        map.insert(
+            "8080/tcp".into(),
+            Some(vec![binding("::", "32781"), binding("0.0.0.0", "32782")]),
+        );
+        let ports = ports_from_map(Some(&map));
+        let got: Vec<(&str, u32)> = ports
+            .iter()
+            .map(|p| (p.host_ip.as_str(), p.host_port))
+            .collect();
+        assert_eq!(got, vec![("0.0.0.0", 32782), ("::", 32781)]);
     }
 
     #[test]
