@@ -3,7 +3,8 @@
 #
 #   deploy/compose/cluster.sh up      build the image if missing, start, wait for 3 READY nodes
 #   deploy/compose/cluster.sh down    remove the cluster, its volumes, its task containers
-#   deploy/compose/cluster.sh addr    the manager's address on this host (127.0.0.1:PORT)
+#   deploy/compose/cluster.sh addr    the manager's address on the cluster network (IP:7070),
+#                                     reachable from this host
 #
 # Environment: MINKUBE_CLUSTER_PROJECT (compose project, default minkube-cluster),
 # MINKUBE_CLUSTER_IMAGE (default minkube-node:local), MINKUBE_CLUSTER_RUN (label
@@ -21,10 +22,12 @@ cli=${MINKUBE_CLI:-$bin_dir/minkube}
 compose=(docker-compose -f "$here/docker-compose.yml" -p "$project")
 
 addr() {
-    local port
-    port=$("${compose[@]}" port manager 7070 2>/dev/null | tail -n1)
-    [[ -n "$port" ]] || { echo "cluster $project is not running (make cluster-up)" >&2; return 1; }
-    echo "127.0.0.1:${port##*:}"
+    local id ip
+    id=$("${compose[@]}" ps -q manager 2>/dev/null || true)
+    [[ -n "$id" ]] || { echo "cluster $project is not running (make cluster-up)" >&2; return 1; }
+    ip=$(docker inspect -f "{{with index .NetworkSettings.Networks \"${project}_cluster\"}}{{.IPAddress}}{{end}}" "$id")
+    [[ -n "$ip" ]] || { echo "the manager of $project has no address on ${project}_cluster" >&2; return 1; }
+    echo "$ip:7070"
 }
 
 # Node ids of the cluster, from the manager (task containers carry them).
