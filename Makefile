@@ -21,7 +21,7 @@ PROFILE ?= release
 INSTALL_BUILD ?= yes
 profile_dir := $(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
 
-.PHONY: all build test install uninstall cluster-image cluster-up cluster-down fmt fmt-check lint unit-test demo bench bench-quick test-image clean-test-artifacts
+.PHONY: all build test install uninstall deb cluster-image cluster-up cluster-down fmt fmt-check lint unit-test demo bench bench-quick test-image clean-test-artifacts
 
 all: build
 
@@ -117,6 +117,14 @@ endif
 		deploy/config/agent.toml '$(DESTDIR)$(DOCDIR)/examples/'
 	install -m 0644 README.md docs/*.md '$(DESTDIR)$(DOCDIR)/'
 	@echo "installed under $(DESTDIR)$(PREFIX); next: systemd-sysusers, then see $(DOCDIR)/operations.md"
+
+## deb: a Debian package of the same install tree (PREFIX=/usr), in $(DEB_DIR)
+DEB_DIR ?= target/deb
+deb:
+	rm -rf '$(abspath $(DEB_DIR))/root'
+	@$(MAKE) --no-print-directory install DESTDIR='$(abspath $(DEB_DIR))/root' PREFIX=/usr \
+		PROFILE=$(PROFILE) INSTALL_BUILD=$(INSTALL_BUILD)
+	deploy/deb/build-deb.sh '$(abspath $(DEB_DIR))/root' '$(abspath $(DEB_DIR))'
 
 ## uninstall: removes what install put in place, except the config in $(SYSCONFDIR)/minkube
 uninstall:

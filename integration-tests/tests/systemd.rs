@@ -25,6 +25,11 @@ fn workspace() -> PathBuf {
 
 /// `make install` with the binaries these tests were built with.
 fn make_install(vars: &[String]) -> String {
+    make_install_target("install", vars)
+}
+
+/// `make TARGET` (install or deb) with the binaries these tests were built with.
+fn make_install_target(target: &str, vars: &[String]) -> String {
     let profile = match profile_dir().file_name().and_then(|n| n.to_str()) {
         Some("debug") => "dev".to_string(),
         Some(other) => other.to_string(),
@@ -35,7 +40,7 @@ fn make_install(vars: &[String]) -> String {
     };
     let out = Command::new("make")
         .arg("--no-print-directory")
-        .arg("install")
+        .arg(target)
         .arg(format!("PROFILE={profile}"))
         .arg("INSTALL_BUILD=no")
         .args(vars)
@@ -47,7 +52,7 @@ fn make_install(vars: &[String]) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "make install failed: {text}");
+    assert!(out.status.success(), "make {target} failed: {text}");
     text
 }
 
@@ -397,4 +402,60 @@ fn binaries_started_like_the_units_notify_ready_watchdog_and_stopping() {
         .expect("manager exits on SIGTERM");
     assert!(status.success(), "manager: {status}");
     notify_m.until("STOPPING=1", Duration::from_secs(1), &log_m);
+}
+
+#[test]
+fn make_deb_packages_the_install_tree_with_its_config_as_conffiles() {
+    if Command::new("dpkg-deb").arg("--version").output().is_err() {
+        eprintln!("dpkg-deb not installed: not a Debian system");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = make_install_target(
+        "deb",
+        &[
+            format!("DEB_DIR={}", dir.path().display()),
+            "DEB_COMPRESS=none".to_string(),
+        ],
+    );
+    let deb = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .unwrap_or_else(|| panic!("no .deb built: {out}"));
+    let info = checked_output(Command::new("dpkg-deb").arg("--info").arg(&deb));
+    assert!(info.contains("Package: minkube"), "{info}");
+    assert!(info.contains("conffiles"), "{info}");
+    let contents = checked_output(Command::new("dpkg-deb").arg("--contents").arg(&deb));
+    for path in [
+        "./usr/bin/minkube-manager",
+        "./usr/bin/minkube-agent",
+        "./usr/bin/minkube",
+        "./usr/lib/systemd/system/minkube-manager.service",
+        "./usr/lib/systemd/system/minkube-agent.service",
+        "./usr/lib/sysusers.d/minkube.conf",
+        "./etc/minkube/agent.env",
+        "./usr/share/doc/minkube/operations.md",
+    ] {
+        assert!(
+            contents.contains(path),
+            "{path} missing from the package: {contents}"
+        );
+    }
+    // The packaged units point at the packaged binaries.
+    let unpacked = dir.path().join("unpacked");
+    checked_output(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked));
+    let s = unit_settings(&unpacked.join("usr/lib/systemd/system/minkube-agent.service"));
+    assert_eq!(setting(&s, "ExecStart"), "/usr/bin/minkube-agent");
+    assert_eq!(setting(&s, "EnvironmentFile"), "/etc/minkube/agent.env");
+}
+
+fn checked_output(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
