@@ -70,9 +70,7 @@ impl Reconciler {
         self.tasks
             .insert(task_id.clone(), Entry::new(rec, generation));
         // One write records the assignment and its first update, before the ack.
-        let update = self
-            .record_update(&task_id, Report::new(TaskState::Scheduled, "preparing"))
-            .await;
+        let update = self.record_update(&task_id, Report::new(TaskState::Scheduled, "preparing"));
         self.send(ack).await;
         if let Some(update) = update {
             self.send(Outbound::Update(update)).await;
@@ -126,8 +124,7 @@ impl Reconciler {
             .map(|e| (e.rec.attempt(), e.rec.sequence));
         match known {
             Some((attempt, _)) if attempt == order.attempt => {
-                self.request_stop(&task_id, &order.reason, &order.trace_context)
-                    .await;
+                self.request_stop(&task_id, &order.reason, &order.trace_context);
             }
             Some((attempt, _)) if attempt > order.attempt => {
                 debug!(task_id = %task_id, attempt = order.attempt, known = attempt, "ignoring a stop order for an older attempt");
@@ -147,15 +144,14 @@ impl Reconciler {
                 let generation = self.bump();
                 self.tasks
                     .insert(task_id.clone(), Entry::new(rec, generation));
-                self.request_stop(&task_id, &order.reason, &order.trace_context)
-                    .await;
+                self.request_stop(&task_id, &order.reason, &order.trace_context);
             }
         }
     }
 
     /// Marks a task for stopping (with the reason its report will carry) and
     /// gets the stop going.
-    pub(super) async fn request_stop(
+    pub(super) fn request_stop(
         &mut self,
         task_id: &str,
         reason: &str,
@@ -172,7 +168,7 @@ impl Reconciler {
             e.rec.stop_requested = true;
             e.rec.stop_reason = reason.to_string();
             e.rec.stop_trace_context = trace_context.clone();
-            self.persist(task_id).await;
+            self.persist(task_id);
             self.touch(task_id);
         }
         let Some(e) = self.tasks.get(task_id) else {
@@ -208,11 +204,10 @@ impl Reconciler {
             };
             if !e.rec.is_terminal() {
                 info!(task_id = %task_id, attempt = e.rec.attempt(), "task not in the desired set; stopping it");
-                self.request_stop(&task_id, NOT_DESIRED, &Default::default())
-                    .await;
+                self.request_stop(&task_id, NOT_DESIRED, &Default::default());
             } else if e.synced_terminal && matches!(e.job, Job::Idle) {
                 // The manager has its end and no longer lists it.
-                self.forget(&task_id).await;
+                self.forget(&task_id);
             }
         }
         self.request_listing(ListPurpose::Sweep);

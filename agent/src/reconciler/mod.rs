@@ -313,42 +313,18 @@ impl Reconciler {
             .store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Relaxed);
     }
 
-    /// Writes the task's record before anything about it leaves. The file
-    /// write and its fsyncs run on the blocking pool: the actor waits (so
-    /// records and reports stay in order) but the runtime's workers do not,
-    /// so the session's stream and heartbeats, and in a process hosting
-    /// many hollow agents the other agents, go on meanwhile.
-    async fn persist(&self, task_id: &str) {
-        let Some(e) = self.tasks.get(task_id) else {
-            return;
-        };
-        let (store, rec) = (self.store.clone(), e.rec.clone());
-        let written = tokio::task::spawn_blocking(move || store.save_task(&rec)).await;
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
+    fn persist(&self, task_id: &str) {
+        if let Some(e) = self.tasks.get(task_id) {
+            if let Err(err) = self.store.save_task(&e.rec) {
                 error!(task_id = %task_id, attempt = e.rec.attempt(), error = %err, "cannot write task record");
-            }
-            Err(err) => {
-                error!(task_id = %task_id, error = %err, "task record write did not finish");
             }
         }
     }
 
-    async fn forget(&mut self, task_id: &str) {
-        let store = self.store.clone();
-        let id = task_id.to_string();
-        let deleted = tokio::task::spawn_blocking(move || store.delete_task(&id)).await;
-        match deleted {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                error!(task_id = %task_id, error = %err, "cannot delete task record");
-                return;
-            }
-            Err(err) => {
-                error!(task_id = %task_id, error = %err, "task record delete did not finish");
-                return;
-            }
+    fn forget(&mut self, task_id: &str) {
+        if let Err(err) = self.store.delete_task(task_id) {
+            error!(task_id = %task_id, error = %err, "cannot delete task record");
+            return;
         }
         self.tasks.remove(task_id);
         debug!(task_id = %task_id, "task record deleted");

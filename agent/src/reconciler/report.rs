@@ -119,7 +119,7 @@ impl Reconciler {
     /// Applies a report to the task's record and writes it; returns the
     /// update to send, or `None` if the task is unknown or the transition is
     /// illegal.
-    pub(super) async fn record_update(
+    pub(super) fn record_update(
         &mut self,
         task_id: &str,
         r: Report,
@@ -177,14 +177,14 @@ impl Reconciler {
             "task state"
         );
         self.touch(task_id);
-        self.persist(task_id).await;
+        self.persist(task_id);
         self.recount_running();
         Some(update)
     }
 
     /// Records and sends one update.
     pub(super) async fn report(&mut self, task_id: &str, r: Report) {
-        if let Some(update) = self.record_update(task_id, r).await {
+        if let Some(update) = self.record_update(task_id, r) {
             self.send(Outbound::Update(update)).await;
         }
     }
@@ -208,7 +208,7 @@ impl Reconciler {
             sequence = update.sequence,
             "manager still lists a finished task; reporting its end again"
         );
-        self.persist(task_id).await;
+        self.persist(task_id);
         self.send(Outbound::Update(update)).await;
     }
 }
