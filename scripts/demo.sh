@@ -237,7 +237,8 @@ deadline=$((SECONDS + task_timeout))
 while ((SECONDS < deadline)); do
     # "0.0.0.0:49153->8080/tcp" -> 49153
     ports=$(task_field "$web" "Host ports") || ports=""
-    host_port=$(sed -n 's/^\([^,]*,\)*[^,]*:\([0-9][0-9]*\)->8080\/tcp.*/\2/p' <<<"$ports")
+    # The IPv4 binding (Docker may give the IPv6 twin another port).
+    host_port=$(tr ',' '\n' <<<"$ports" | sed -n 's/^ *[0-9.]*:\([0-9][0-9]*\)->8080\/tcp.*/\1/p' | head -n1)
     [[ -z $host_port ]] || break
     sleep 0.5
 done
