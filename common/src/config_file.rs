@@ -58,6 +58,14 @@ impl ConfigError {
     }
 }
 
+/// `<binary> config <command>`, shared by the manager and the agent.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective settings as TOML, each with where it came from
+    /// (flag, env, file or default).
+    Print,
+}
+
 /// Parsed settings plus what is needed to show where each came from.
 #[derive(Debug)]
 pub struct Loaded<T> {

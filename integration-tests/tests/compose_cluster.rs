@@ -102,6 +102,19 @@ async fn node_field(c: &ComposeCluster, name: &str, field: &str) -> serde_json::
     c.cli_json(&["node", "get", name]).await[field].clone()
 }
 
+async fn wait_ready(c: &ComposeCluster, name: &str) {
+    wait_for(
+        &format!("{name} ready again"),
+        MOVE,
+        POLL,
+        async || match node_field(c, name, "state").await.as_str() {
+            Some("ready") => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_host_cut_off_or_stopped_leaves_exactly_one_live_container_per_task() {
     if !compose::available() {
@@ -157,16 +170,7 @@ async fn a_host_cut_off_or_stopped_leaves_exactly_one_live_container_per_task() 
     assert_eq!(node_field(&cluster, "host-2", "lost").await, true);
     // Back on the network: the agent reconnects and removes what was moved.
     cluster.reconnect("host-2");
-    wait_for("host-2 ready again", MOVE, POLL, async || match node_field(
-        &cluster, "host-2", "state",
-    )
-    .await
-    .as_str()
-    {
-        Some("ready") => Ok(()),
-        other => Err(format!("{other:?}")),
-    })
-    .await;
+    wait_ready(&cluster, "host-2").await;
     one_live_container_each(&cluster).await;
 
     // host-3 stops (its agent gets SIGTERM); a real host takes its
@@ -186,16 +190,7 @@ async fn a_host_cut_off_or_stopped_leaves_exactly_one_live_container_per_task() 
     one_live_container_each(&cluster).await;
     // And it comes back empty-handed, ready for work.
     cluster.compose(&["start", "host-3"]);
-    wait_for("host-3 ready again", MOVE, POLL, async || match node_field(
-        &cluster, "host-3", "state",
-    )
-    .await
-    .as_str()
-    {
-        Some("ready") => Ok(()),
-        other => Err(format!("{other:?}")),
-    })
-    .await;
+    wait_ready(&cluster, "host-3").await;
     one_live_container_each(&cluster).await;
     drop(cluster);
     drop(image);

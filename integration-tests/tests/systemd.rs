@@ -184,6 +184,15 @@ struct UnitCommand {
     env: BTreeMap<String, String>,
 }
 
+impl UnitCommand {
+    /// The env file's variables with `overrides` (as a drop-in would set them).
+    fn env_with<const N: usize>(&self, overrides: [(&str, String); N]) -> Vec<(String, String)> {
+        let mut env = self.env.clone();
+        env.extend(overrides.into_iter().map(|(k, v)| (k.to_string(), v)));
+        env.into_iter().collect()
+    }
+}
+
 fn unit_command(unit: &str) -> UnitCommand {
     let s = unit_settings(&workspace().join(format!("deploy/systemd/{unit}.service")));
     let exec = setting(&s, "ExecStart");
@@ -318,18 +327,14 @@ fn binaries_started_like_the_units_notify_ready_watchdog_and_stopping() {
 
     let notify_m = NotifySocket::bind(dir.path(), "manager.notify");
     let unit = unit_command("minkube-manager");
-    let mut env = unit.env.clone();
-    for (k, v) in [
+    let env_m = unit.env_with([
         ("MINKUBE_DATA_DIR", manager_data.display().to_string()),
         ("MINKUBE_PORT", "0".to_string()),
         ("MINKUBE_ADMIN_PORT", "0".to_string()),
         ("NOTIFY_SOCKET", notify_m.path.display().to_string()),
         ("WATCHDOG_USEC", "2000000".to_string()),
-    ] {
-        env.insert(k.to_string(), v);
-    }
+    ]);
     let log_m = dir.path().join("manager.log");
-    let env_m: Vec<(String, String)> = env.into_iter().collect();
     let (mut manager, out) =
         ManagedProcess::spawn("manager", &unit.program, &unit.args, &env_m, &log_m, true);
     let lines = lines_of(out.unwrap());
@@ -358,12 +363,11 @@ fn binaries_started_like_the_units_notify_ready_watchdog_and_stopping() {
 
     let notify_a = NotifySocket::bind(dir.path(), "agent.notify");
     let unit = unit_command("minkube-agent");
-    let mut env = unit.env.clone();
     assert!(
-        env.contains_key("MINKUBE_CA_CERT"),
+        unit.env.contains_key("MINKUBE_CA_CERT"),
         "the agent's env file names the CA"
     );
-    for (k, v) in [
+    let env_a = unit.env_with([
         ("MINKUBE_DATA_DIR", agent_data.display().to_string()),
         ("MINKUBE_MANAGER", addr.clone()),
         ("MINKUBE_CA_CERT", ca.display().to_string()),
@@ -372,11 +376,8 @@ fn binaries_started_like_the_units_notify_ready_watchdog_and_stopping() {
         ("MINKUBE_ADMIN_PORT", "0".to_string()),
         ("NOTIFY_SOCKET", notify_a.path.display().to_string()),
         ("WATCHDOG_USEC", "2000000".to_string()),
-    ] {
-        env.insert(k.to_string(), v);
-    }
+    ]);
     let log_a = dir.path().join("agent.log");
-    let env_a: Vec<(String, String)> = env.into_iter().collect();
     let (mut agent, out) =
         ManagedProcess::spawn("agent", &unit.program, &unit.args, &env_a, &log_a, true);
     let lines = lines_of(out.unwrap());

@@ -309,6 +309,15 @@ impl Cluster {
     }
 }
 
+/// A cluster on a fresh store in `dir`, for unit tests.
+#[cfg(test)]
+pub(crate) async fn test_cluster(dir: &std::path::Path) -> Arc<Cluster> {
+    #[allow(clippy::unwrap_used)]
+    let store = Arc::new(crate::store::RedbStore::open(dir).unwrap());
+    #[allow(clippy::unwrap_used)]
+    Cluster::start(store, ClusterConfig::default()).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -184,14 +184,6 @@ pub enum Command {
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
-        what: ConfigCommand,
+        what: minkube_common::config_file::ConfigCommand,
     },
-}
-
-/// `minkube-manager config <command>`.
-#[derive(Debug, Clone, clap::Subcommand)]
-pub enum ConfigCommand {
-    /// Print the effective settings as TOML, each with where it came from
-    /// (flag, env, file or default).
-    Print,
 }

@@ -1,5 +1,6 @@
 //! minkube-manager binary: parse flags, start, serve until SIGTERM/SIGINT.
-use minkube_manager::config::{Command, ConfigCommand};
+use minkube_common::config_file::ConfigCommand;
+use minkube_manager::config::Command;
 use minkube_manager::{Args, Manager};
 use tokio::signal::unix::{signal, SignalKind};
 

@@ -233,17 +233,11 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
-    use crate::cluster::ClusterConfig;
-    use crate::store::RedbStore;
 
-    async fn cluster(dir: &std::path::Path) -> Arc<Cluster> {
-        let store = Arc::new(RedbStore::open(dir).unwrap());
-        Cluster::start(store, ClusterConfig::default()).unwrap()
-    }
+    use crate::cluster::test_cluster as cluster;
 
     fn stats(cpu: f64) -> pb::HostStats {
         pb::HostStats {
