@@ -71,17 +71,20 @@ impl Cluster {
                     return Err(ManagerError::NodeNotFound(req.node.clone()));
                 };
                 let n = &mut entry.node;
+                // Checked before anything changes: a refused request leaves
+                // the node as it was.
+                let mut admin = n.admin_labels.clone();
                 for k in &req.remove_labels {
-                    n.admin_labels.remove(k);
+                    admin.remove(k);
                 }
-                n.admin_labels
-                    .extend(req.set_labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-                if n.admin_labels.len() > MAX_ADMIN_LABELS {
+                admin.extend(req.set_labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+                if admin.len() > MAX_ADMIN_LABELS {
                     return Err(ManagerError::BadRequest(format!(
                         "set_labels: the node would have {} admin labels, at most {MAX_ADMIN_LABELS}",
-                        n.admin_labels.len()
+                        admin.len()
                     )));
                 }
+                n.admin_labels = admin;
                 n.labels = effective_labels(n);
                 if availability != NodeAvailability::Unspecified {
                     if n.availability() != availability {
@@ -233,6 +236,19 @@ mod tests {
         bad.set_labels = [(String::new(), "x".to_string())].into();
         let err = c.update_node(bad).await.unwrap_err().to_string();
         assert!(err.contains("set_labels"), "{err}");
+        // Over the cap in total: refused, and the node keeps what it had.
+        let mut some = update("w1");
+        some.set_labels = (0..40)
+            .map(|i| (format!("a{i}"), "x".to_string()))
+            .collect();
+        c.update_node(some).await.unwrap();
+        let mut more = update("w1");
+        more.set_labels = (0..40)
+            .map(|i| (format!("b{i}"), "x".to_string()))
+            .collect();
+        let err = c.update_node(more).await.unwrap_err().to_string();
+        assert!(err.contains("would have 80 admin labels"), "{err}");
+        assert_eq!(c.get_node("w1").unwrap().admin_labels.len(), 40);
         c.shutdown(Duration::from_secs(1)).await;
     }
 }
