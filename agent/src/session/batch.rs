@@ -1,39 +1,34 @@
-//! Batching of reconciler output: whatever is ready within a few
-//! milliseconds goes up as one StatusBatch, so bursts cost few messages
-//! while a lone update still leaves at once.
-use std::time::Duration;
-
+//! Batching of reconciler output: whatever is queued goes up as one
+//! StatusBatch, so bursts cost few messages while a lone update leaves at
+//! once.
 use minkube::pb::{self, agent_message};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use crate::reconciler::Outbound;
 
 /// Most items in one batch.
 pub(super) const MAX_BATCH: usize = 256;
-/// How long to wait for more after the first item: short, because a lone
-/// update pays it in full (it is part of container exit -> watcher), while
-/// under load batches fill up anyway from what queued during the last send.
-pub(super) const BATCH_WINDOW: Duration = Duration::from_millis(2);
-
-/// `first` plus whatever follows within [`BATCH_WINDOW`], up to `max` items.
+/// `first` plus whatever is already queued, up to `max` items. No timer:
+/// a lone update leaves at once (it is part of container exit -> watcher),
+/// and under load batches fill from what queued during the previous send.
+/// One yield lets updates that other ready tasks are about to queue (a burst
+/// of events handled in the same tick) join the batch.
 pub(super) async fn collect(
     first: Outbound,
     rx: &mut mpsc::Receiver<Outbound>,
     max: usize,
 ) -> Vec<Outbound> {
     let mut batch = vec![first];
-    let deadline = Instant::now() + BATCH_WINDOW;
+    let mut yielded = false;
     while batch.len() < max {
         match rx.try_recv() {
             Ok(m) => batch.push(m),
             Err(mpsc::error::TryRecvError::Disconnected) => break,
-            Err(mpsc::error::TryRecvError::Empty) => {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(m)) => batch.push(m),
-                    Ok(None) | Err(_) => break,
-                }
+            Err(mpsc::error::TryRecvError::Empty) if !yielded => {
+                yielded = true;
+                tokio::task::yield_now().await;
             }
+            Err(mpsc::error::TryRecvError::Empty) => break,
         }
     }
     batch
@@ -134,7 +129,7 @@ mod tests {
         assert_eq!(
             batch.len(),
             3,
-            "two left plus the first; then the window closes"
+            "two left plus the first; then nothing is queued"
         );
     }
 
