@@ -54,7 +54,9 @@ pub async fn create_load(ctx: &Ctx) -> anyhow::Result<Section> {
     sec.check(
         "rate served at 20,000/s offered",
         format!("{achieved:.0} requests/s"),
-        ">= 20,000/s",
+        // The run ends when the last answer arrives, so serving every call
+        // on time measures just under the offered rate: 1% is allowed.
+        ">= 20,000/s (>= 19,800 measured: the last answers stretch the run)",
         achieved >= 19_800.0,
     );
     sec.check(
