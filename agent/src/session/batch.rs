@@ -134,16 +134,18 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn waits_a_few_milliseconds_for_more() {
+    async fn takes_what_a_ready_task_queues_but_never_waits_for_a_timer() {
         let (tx, mut rx) = mpsc::channel(16);
         let sender = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            // Ready at once: runs during collect's one yield.
             tx.send(update(2)).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             tx.send(update(3)).await.unwrap();
         });
         let batch = collect(update(1), &mut rx, MAX_BATCH).await;
-        assert_eq!(batch.len(), 2);
+        assert_eq!(batch.len(), 2, "the first and what the ready task queued");
         sender.await.unwrap();
+        let later = collect(update(9), &mut rx, MAX_BATCH).await;
+        assert_eq!(later.len(), 2);
     }
 }
