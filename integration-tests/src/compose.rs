@@ -74,17 +74,22 @@ impl ComposeCluster {
         cluster
     }
 
+    /// `cluster.sh WHAT` with this cluster's project, image and binaries.
+    fn script_command(&self, what: &str) -> Command {
+        let mut cmd = Command::new(compose_dir().join("cluster.sh"));
+        cmd.arg(what)
+            .env("MINKUBE_CLUSTER_PROJECT", &self.project)
+            .env("MINKUBE_CLUSTER_IMAGE", &self.image)
+            .env("MINKUBE_CLUSTER_RUN", &self.project)
+            .env("BIN_DIR", profile_dir())
+            .env("MINKUBE_CLI", binary(CLI));
+        cmd
+    }
+
     fn script(&self, what: &str) -> String {
         checked(
             &format!("cluster.sh {what}"),
-            Command::new(compose_dir().join("cluster.sh"))
-                .arg(what)
-                .env("MINKUBE_CLUSTER_PROJECT", &self.project)
-                .env("MINKUBE_CLUSTER_IMAGE", &self.image)
-                .env("MINKUBE_CLUSTER_RUN", &self.project)
-                .env("BIN_DIR", profile_dir())
-                .env("MINKUBE_CLI", binary(CLI))
-                .output(),
+            self.script_command(what).output(),
         )
     }
 
@@ -172,14 +177,7 @@ impl ComposeCluster {
 
 impl Drop for ComposeCluster {
     fn drop(&mut self) {
-        let _ = Command::new(compose_dir().join("cluster.sh"))
-            .arg("down")
-            .env("MINKUBE_CLUSTER_PROJECT", &self.project)
-            .env("MINKUBE_CLUSTER_IMAGE", &self.image)
-            .env("MINKUBE_CLUSTER_RUN", &self.project)
-            .env("BIN_DIR", profile_dir())
-            .env("MINKUBE_CLI", binary(CLI))
-            .output();
+        let _ = self.script_command("down").output();
         let _ = docker(&["rmi", "-f", &self.image]);
     }
 }

@@ -12,8 +12,7 @@ use crate::cluster::Cluster;
 use crate::error::ManagerError;
 use crate::store::Mutation;
 
-/// Most admin labels per node.
-const MAX_ADMIN_LABELS: usize = 64;
+use crate::nodes::{label_fits, MAX_NODE_LABELS as MAX_ADMIN_LABELS};
 
 fn check(req: &pb::UpdateNodeRequest) -> Result<NodeAvailability, ManagerError> {
     let availability = NodeAvailability::try_from(req.availability).map_err(|_| {
@@ -28,7 +27,7 @@ fn check(req: &pb::UpdateNodeRequest) -> Result<NodeAvailability, ManagerError> 
         )));
     }
     for (k, v) in &req.set_labels {
-        if k.is_empty() || k.len() > 128 || v.len() > 1024 || k.contains(['=', ',']) {
+        if !label_fits(k, v) || k.contains(['=', ',']) {
             return Err(ManagerError::BadRequest(format!(
                 "set_labels[{k:?}]: keys are 1-128 bytes without '=' or ',', values up to 1024 bytes"
             )));

@@ -10,8 +10,13 @@ use crate::store::Mutation;
 
 /// Longest advertised address or version string accepted.
 const MAX_FIELD_LEN: usize = 256;
-/// Most node labels.
-const MAX_NODE_LABELS: usize = 64;
+/// Most node labels (the agent's, and separately the admin's).
+pub(crate) const MAX_NODE_LABELS: usize = 64;
+
+/// A node label's key is 1-128 bytes, its value at most 1024.
+pub(crate) fn label_fits(k: &str, v: &str) -> bool {
+    !k.is_empty() && k.len() <= 128 && v.len() <= 1024
+}
 
 fn check_register(req: &pb::RegisterRequest) -> Result<(), ManagerError> {
     validate::validate_name("name", &req.name)?;
@@ -20,12 +25,7 @@ fn check_register(req: &pb::RegisterRequest) -> Result<(), ManagerError> {
             "address and agent_version: at most {MAX_FIELD_LEN} bytes each"
         )));
     }
-    if req.labels.len() > MAX_NODE_LABELS
-        || req
-            .labels
-            .iter()
-            .any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 1024)
-    {
+    if req.labels.len() > MAX_NODE_LABELS || req.labels.iter().any(|(k, v)| !label_fits(k, v)) {
         return Err(ManagerError::BadRequest(format!(
             "labels: at most {MAX_NODE_LABELS}, keys 1-128 bytes, values up to 1024 bytes"
         )));

@@ -185,7 +185,7 @@ impl Cluster {
                         pb::StopOrder {
                             task_id: id.to_string(),
                             attempt: status.attempt,
-                            reason: "stopped by user".into(),
+                            reason: crate::status::stop_reason(&e.task),
                             trace_context: trace_context::current(),
                         },
                     )
