@@ -3,10 +3,14 @@
 //!
 //! Writes are whole-record puts grouped into batches: the [`Committer`]
 //! commits every batch waiting at once in ONE transaction (group commit), so
-//! throughput grows with load instead of paying one fsync per request.
+//! throughput grows with load instead of paying one fsync per request. The
+//! embedded store makes a transaction durable by appending it to a journal;
+//! the B-tree catches up at checkpoints (see [`RedbStore`]).
 use minkube::pb;
 
+mod btree;
 pub mod committer;
+mod journal;
 mod record;
 mod redb_store;
 

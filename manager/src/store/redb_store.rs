@@ -1,335 +1,464 @@
-//! The embedded store: one redb file under the data dir. redb commits are
-//! durable (fsync) by default, which is what CreateTask's answer promises.
-use std::path::Path;
+//! The embedded store: a journal in front of a redb B-tree, in the data dir.
+//!
+//! A commit appends its mutations to the journal's current segment and waits
+//! for one `fdatasync` of those few KiB: that is the durability CreateTask's
+//! answer promises. When the segment is full, a
+//! checkpointer thread applies it to the B-tree in one transaction — the four
+//! puts of a task's life become one — records the segment's number in the
+//! same transaction, and deletes the file. At start-up, segments the tree
+//! does not hold yet are applied first; a clean shutdown applies everything,
+//! so a stopped manager's data dir holds only `state.redb`.
+//!
+//! Reads go to the tree, except the events of tasks whose latest changes are
+//! still only in the journal: those are kept in memory until checkpointed.
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use minkube::pb;
-use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use minkube_common::state_machine;
+use super::btree::BTree;
+use super::journal::{self, SegmentWriter, SEGMENT_BYTES};
+use super::{Mutation, Snapshot, Store, StoreError, StoredTask};
 
-use super::{Mutation, Snapshot, Store, StoreError, StoredTask, StoredToken};
+/// Sealed segments waiting for the checkpointer before commits wait for it
+/// (bounds the journal on disk, the events kept in memory and replay time).
+const MAX_SEALED: usize = 2;
+/// Pause before retrying a checkpoint that failed.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Nice value of the checkpoint thread: a checkpoint is a burst of work
+/// nobody waits for (commits wait only when it falls [`MAX_SEALED`] behind),
+/// so under load it yields the CPU to requests instead of adding to their
+/// latency.
+const CHECKPOINT_NICE: i32 = 10;
 
-const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
-/// Key: (task id, event index).
-const EVENTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("events");
-const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
-/// API tokens by name (hashed secrets only).
-const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
-/// Single values: the join token's hash.
-const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
-const JOIN_TOKEN_KEY: &str = "join_token_sha256";
-const JOIN_TOKEN_ISSUED_KEY: &str = "join_token_issued_at";
-
-/// redb-backed [`Store`].
+/// The embedded [`Store`].
 pub struct RedbStore {
-    db: Database,
+    inner: Arc<Inner>,
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
 }
 
-fn backend(op: &'static str) -> impl Fn(redb::Error) -> StoreError {
+struct Inner {
+    tree: BTree,
+    dir: PathBuf,
+    writer: Mutex<Writer>,
+    shared: Mutex<Shared>,
+    changed: Condvar,
+    /// Held while a segment is applied: one at a time, oldest first.
+    checkpointing: Mutex<()>,
+}
+
+struct Writer {
+    /// `None` once closed for shutdown.
+    segment: Option<SegmentWriter>,
+    /// Set when a write's outcome is unknown: no further commit is accepted.
+    failed: Option<String>,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// Segments waiting to be applied to the tree, oldest first.
+    sealed: VecDeque<u64>,
+    /// Events (and deletions) of tasks changed in segments not yet applied.
+    pending: HashMap<String, PendingEvents>,
+    stopping: bool,
+    /// Why the last checkpoint failed (cleared by a success).
+    checkpoint_error: Option<String>,
+    /// A full-size empty segment the checkpointer made ready for the next
+    /// seal, so the committer never waits for one to be written.
+    spare: Option<PathBuf>,
+    /// Number for the next spare's file name.
+    spares_made: u64,
+}
+
+#[derive(Clone, Default)]
+struct PendingEvents {
+    /// The newest segment that changed them.
+    segment: u64,
+    deleted: bool,
+    events: BTreeMap<u32, pb::TaskEvent>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn io_error(op: &'static str) -> impl Fn(std::io::Error) -> StoreError {
     move |e| StoreError::Backend {
         op,
         message: e.to_string(),
     }
 }
 
-/// redb page cache.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
-
-fn decode<M: Message + Default>(key: &str, bytes: &[u8]) -> Result<M, StoreError> {
-    M::decode(bytes).map_err(|e| StoreError::Corrupt {
-        key: key.to_string(),
-        message: e.to_string(),
-    })
+impl RedbStore {
+    /// Opens (or creates) the store in `dir`: `state.redb` and `journal/`.
+    /// Segments left by a crash are applied before this returns.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        // The tree first: its lock keeps a second manager off the journal.
+        let tree = BTree::open(dir)?;
+        let jdir = dir.join(journal::DIR);
+        std::fs::create_dir_all(&jdir).map_err(io_error("create journal dir"))?;
+        journal::remove_spares(&jdir).map_err(io_error("remove spare journal segments"))?;
+        let next = recover(&tree, &jdir)?;
+        let segment =
+            SegmentWriter::create(&jdir, next, None).map_err(io_error("create journal segment"))?;
+        let inner = Arc::new(Inner {
+            tree,
+            dir: jdir,
+            writer: Mutex::new(Writer {
+                segment: Some(segment),
+                failed: None,
+            }),
+            shared: Mutex::new(Shared::default()),
+            changed: Condvar::new(),
+            checkpointing: Mutex::new(()),
+        });
+        let worker = Arc::clone(&inner);
+        let handle = std::thread::Builder::new()
+            .name("minkube-checkpoint".into())
+            .spawn(move || worker.run_checkpointer())
+            .map_err(io_error("start checkpoint thread"))?;
+        Ok(Self {
+            inner,
+            checkpointer: Mutex::new(Some(handle)),
+        })
+    }
 }
 
-impl RedbStore {
-    /// Opens (or creates) `<dir>/state.redb`.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend {
-            op: "create data dir",
-            message: format!("{}: {e}", dir.display()),
+/// Applies the segments the tree does not hold yet, removes every segment
+/// file, and returns the number for the next one.
+fn recover(tree: &BTree, dir: &Path) -> Result<u64, StoreError> {
+    let done = tree.checkpointed_segment()?;
+    let segments = journal::list_segments(dir).map_err(io_error("list journal"))?;
+    let last = segments.last().map_or(0, |(seq, _)| *seq);
+    let mut read = Vec::new();
+    let mut applied = Vec::new();
+    for (seq, path) in &segments {
+        if *seq <= done {
+            applied.push(path);
+            continue;
+        }
+        let segment = journal::read_segment(path).map_err(|message| StoreError::Corrupt {
+            key: path.display().to_string(),
+            message: format!(
+                "{message}; to start without its changes and those of later segments, \
+                 move this file and every later one out of {}",
+                dir.display()
+            ),
         })?;
-        let path = dir.join("state.redb");
-        // The manager keeps its model in memory and reads the store only at
-        // start-up, so redb's page cache (1 GiB by default) would mostly
-        // hold pages read once. Writes append near the end of each tree.
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|e| StoreError::Backend {
-                op: "open",
+        if let Some(tail) = &segment.torn_tail {
+            if *seq != last {
+                return Err(StoreError::Corrupt {
+                    key: path.display().to_string(),
+                    message: format!(
+                        "ends in an incomplete record ({tail}) but is not the newest segment; \
+                         move it and every later one out of {} to start without their changes",
+                        dir.display()
+                    ),
+                });
+            }
+            tracing::warn!(
+                segment = %path.display(),
+                %tail,
+                "the journal ends in a record cut short by a crash; it was never acknowledged and is ignored"
+            );
+        }
+        read.push((path, segment));
+        applied.push(path);
+    }
+    if last > done {
+        let mut all = Vec::new();
+        for (path, segment) in &read {
+            all.extend(segment.ops().map_err(|message| StoreError::Corrupt {
+                key: path.display().to_string(),
+                message,
+            })?);
+        }
+        tracing::info!(
+            segments = read.len(),
+            changes = all.len(),
+            "applying the journal left by the last run"
+        );
+        tree.apply(&all, Some(last))?;
+    }
+    for path in applied {
+        std::fs::remove_file(path).map_err(io_error("remove journal segment"))?;
+    }
+    journal::sync_dir(dir).map_err(io_error("sync journal dir"))?;
+    Ok(last.max(done) + 1)
+}
+
+impl Inner {
+    fn commit(&self, batch: &[Mutation]) -> Result<(), StoreError> {
+        let mut w = lock(&self.writer);
+        if let Some(f) = &w.failed {
+            return Err(StoreError::Backend {
+                op: "commit",
                 message: format!(
-                    "{}: {e} (is another manager using this data dir?)",
-                    path.display()
+                    "an earlier journal write failed ({f}); restart the manager: it keeps every change that was acknowledged"
                 ),
-            })?;
-        // Create the tables so a read of a fresh store finds them.
-        let txn = db.begin_write().map_err(|e| backend("begin")(e.into()))?;
-        txn.open_table(TASKS)
-            .map_err(|e| backend("open table")(e.into()))?;
-        txn.open_table(EVENTS)
-            .map_err(|e| backend("open table")(e.into()))?;
-        txn.open_table(NODES)
-            .map_err(|e| backend("open table")(e.into()))?;
-        txn.open_table(TOKENS)
-            .map_err(|e| backend("open table")(e.into()))?;
-        txn.open_table(SETTINGS)
-            .map_err(|e| backend("open table")(e.into()))?;
-        txn.commit().map_err(|e| backend("commit")(e.into()))?;
-        Ok(Self { db })
-    }
-
-    fn load_inner(&self) -> Result<Snapshot, redb::Error> {
-        let txn = self.db.begin_read()?;
-        let nodes = txn.open_table(NODES)?;
-        let mut snap = Snapshot::default();
-        for item in nodes.iter()? {
-            let (k, v) = item?;
-            let node = decode::<pb::Node>(&format!("nodes/{}", k.value()), v.value())
-                .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
-            snap.nodes.push(node);
+            });
         }
-        for item in txn.open_table(TOKENS)?.iter()? {
-            let (k, v) = item?;
-            let token = decode::<StoredToken>(&format!("tokens/{}", k.value()), v.value())
-                .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
-            snap.tokens.push(token);
+        let Some(segment) = w.segment.as_mut() else {
+            return Err(StoreError::Closed);
+        };
+        if let Err(e) = segment.append(batch) {
+            let message = format!("journal write to {}: {}", self.dir.display(), e.error);
+            if e.fatal {
+                w.failed = Some(message.clone());
+            }
+            return Err(StoreError::Backend {
+                op: "commit",
+                message,
+            });
         }
-        let settings = txn.open_table(SETTINGS)?;
-        snap.join_token_sha256 = settings.get(JOIN_TOKEN_KEY)?.map(|v| v.value().to_string());
-        snap.join_token_issued_at = settings
-            .get(JOIN_TOKEN_ISSUED_KEY)?
-            .and_then(|v| v.value().parse().ok());
-        Ok(snap)
-    }
-
-    fn load_tasks_inner(
-        &self,
-        on_task: &mut dyn FnMut(StoredTask, Vec<pb::TaskEvent>),
-    ) -> Result<(), redb::Error> {
-        let txn = self.db.begin_read()?;
-        let tasks = txn.open_table(TASKS)?;
-        let events = txn.open_table(EVENTS)?;
-        for item in tasks.iter()? {
-            let (k, v) = item?;
-            let id = k.value();
-            let stored = decode::<StoredTask>(&format!("tasks/{id}"), v.value())
-                .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
-            let finished = stored
-                .task
-                .as_ref()
-                .and_then(|t| t.status.as_ref())
-                .is_some_and(|s| state_machine::is_terminal(s.state()));
-            let evs = if finished {
-                Vec::new()
-            } else {
-                read_events(&events, id)?
-            };
-            on_task(stored, evs);
+        let seq = segment.seq();
+        let full = segment.len() >= SEGMENT_BYTES;
+        self.note_events(batch, seq);
+        if full {
+            self.seal(&mut w, true);
         }
         Ok(())
     }
 
-    fn commit_inner(&self, batch: &[Mutation]) -> Result<(), redb::Error> {
-        let txn = self.db.begin_write()?;
+    /// Remembers the events `batch` adds, for reads before the checkpoint.
+    fn note_events(&self, batch: &[Mutation], seq: u64) {
+        let mut shared = lock(&self.shared);
+        for m in batch {
+            match m {
+                Mutation::PutEvent {
+                    task_id,
+                    index,
+                    event,
+                } => {
+                    let p = shared.pending.entry(task_id.clone()).or_default();
+                    p.segment = seq;
+                    p.events.insert(*index, event.as_ref().clone());
+                }
+                Mutation::DeleteTask(id) => {
+                    shared.pending.insert(
+                        id.clone(),
+                        PendingEvents {
+                            segment: seq,
+                            deleted: true,
+                            events: BTreeMap::new(),
+                        },
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Hands the current segment to the checkpointer; with `reopen`, starts
+    /// the next one (else the writer is closed). Waits while the
+    /// checkpointer is [`MAX_SEALED`] segments behind and not failing.
+    fn seal(&self, w: &mut Writer, reopen: bool) {
+        let Some(current) = w.segment.as_ref() else {
+            return;
+        };
+        let seq = current.seq();
+        if reopen {
+            let spare = lock(&self.shared).spare.take();
+            match SegmentWriter::create(&self.dir, seq + 1, spare.as_deref()) {
+                Ok(next) => w.segment = Some(next),
+                Err(e) => {
+                    // The batch is durable in the current segment: keep
+                    // appending to it and try again at the next commit.
+                    tracing::error!(error = %e, dir = %self.dir.display(), "cannot start a new journal segment");
+                    return;
+                }
+            }
+        } else {
+            w.segment = None;
+        }
+        let mut shared = lock(&self.shared);
+        while shared.sealed.len() >= MAX_SEALED
+            && shared.checkpoint_error.is_none()
+            && !shared.stopping
         {
-            let mut tasks = txn.open_table(TASKS)?;
-            let mut events = txn.open_table(EVENTS)?;
-            let mut nodes = txn.open_table(NODES)?;
-            for m in batch {
-                match m {
-                    Mutation::PutTask(t) => {
-                        let id = t.task.as_ref().map(|t| t.id.as_str()).unwrap_or_default();
-                        tasks.insert(id, t.encode_to_vec().as_slice())?;
-                    }
-                    Mutation::DeleteTask(id) => {
-                        tasks.remove(id.as_str())?;
-                        events
-                            .retain_in((id.as_str(), 0)..=(id.as_str(), u32::MAX), |_, _| false)?;
-                    }
-                    Mutation::PutEvent {
-                        task_id,
-                        index,
-                        event,
-                    } => {
-                        events
-                            .insert((task_id.as_str(), *index), event.encode_to_vec().as_slice())?;
-                    }
-                    Mutation::PutNode(n) => {
-                        nodes.insert(n.id.as_str(), n.encode_to_vec().as_slice())?;
-                    }
-                    // Rare: their tables are opened only when needed.
-                    Mutation::PutToken(t) => {
-                        txn.open_table(TOKENS)?
-                            .insert(t.name.as_str(), t.encode_to_vec().as_slice())?;
-                    }
-                    Mutation::DeleteToken(name) => {
-                        txn.open_table(TOKENS)?.remove(name.as_str())?;
-                    }
-                    Mutation::PutJoinToken { sha256, issued_at } => {
-                        let mut settings = txn.open_table(SETTINGS)?;
-                        settings.insert(JOIN_TOKEN_KEY, sha256.as_str())?;
-                        settings.insert(JOIN_TOKEN_ISSUED_KEY, issued_at.to_string().as_str())?;
+            shared = self
+                .changed
+                .wait(shared)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        shared.sealed.push_back(seq);
+        drop(shared);
+        self.changed.notify_all();
+    }
+
+    /// Applies the oldest sealed segment; `None` when there is none.
+    fn checkpoint_next(&self) -> Option<Result<(), StoreError>> {
+        let _one = lock(&self.checkpointing);
+        let seq = *lock(&self.shared).sealed.front()?;
+        let started = Instant::now();
+        let result = self.checkpoint(seq);
+        let mut shared = lock(&self.shared);
+        match &result {
+            Ok(()) => {
+                shared.sealed.pop_front();
+                shared.checkpoint_error = None;
+                shared.pending.retain(|_, p| p.segment > seq);
+                metrics::histogram!("minkube_manager_store_checkpoint_seconds")
+                    .record(started.elapsed().as_secs_f64());
+            }
+            Err(e) => shared.checkpoint_error = Some(e.to_string()),
+        }
+        drop(shared);
+        self.changed.notify_all();
+        Some(result)
+    }
+
+    fn checkpoint(&self, seq: u64) -> Result<(), StoreError> {
+        let path = journal::segment_path(&self.dir, seq);
+        let segment = journal::read_segment(&path).map_err(|message| StoreError::Corrupt {
+            key: path.display().to_string(),
+            message,
+        })?;
+        // A sealed segment was written whole by this process; a torn tail
+        // here means the file changed under us.
+        if let Some(tail) = &segment.torn_tail {
+            return Err(StoreError::Corrupt {
+                key: path.display().to_string(),
+                message: format!("ends in an incomplete record ({tail})"),
+            });
+        }
+        let ops = segment.ops().map_err(|message| StoreError::Corrupt {
+            key: path.display().to_string(),
+            message,
+        })?;
+        self.tree.apply(&ops, Some(seq))?;
+        // The tree records the segment as applied: a file that outlives a
+        // crash here is skipped at start-up.
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(error = %e, segment = %path.display(), "cannot remove an applied journal segment");
+        }
+        Ok(())
+    }
+
+    fn run_checkpointer(&self) {
+        let tid = rustix::thread::gettid();
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), CHECKPOINT_NICE) {
+            tracing::debug!(error = %e, "cannot lower the checkpoint thread's priority");
+        }
+        loop {
+            let make_spare = {
+                let mut shared = lock(&self.shared);
+                while shared.sealed.is_empty() && shared.spare.is_some() && !shared.stopping {
+                    shared = self
+                        .changed
+                        .wait(shared)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                if shared.sealed.is_empty() && shared.stopping {
+                    return; // nothing left
+                }
+                (shared.spare.is_none() && !shared.stopping).then(|| {
+                    shared.spares_made += 1;
+                    journal::spare_path(&self.dir, shared.spares_made)
+                })
+            };
+            if let Some(path) = make_spare {
+                match journal::prepare(&path) {
+                    Ok(()) => lock(&self.shared).spare = Some(path),
+                    Err(e) => {
+                        // Seals then write the next segment themselves.
+                        tracing::warn!(error = %e, spare = %path.display(), "cannot make a spare journal segment");
+                        let _ = std::fs::remove_file(&path);
+                        let shared = lock(&self.shared);
+                        if !shared.stopping {
+                            let _ = self.changed.wait_timeout(shared, RETRY_AFTER);
+                        }
                     }
                 }
             }
+            if let Some(Err(e)) = self.checkpoint_next() {
+                tracing::error!(error = %e, "journal checkpoint failed; the journal keeps the changes, retrying");
+                let shared = lock(&self.shared);
+                if shared.stopping {
+                    return; // the next start applies what is left
+                }
+                let _ = self.changed.wait_timeout(shared, RETRY_AFTER);
+            }
         }
-        txn.commit()?;
+    }
+
+    /// Seals the current segment and applies every sealed one, here.
+    fn checkpoint_all(&self, reopen: bool) -> Result<(), StoreError> {
+        {
+            let mut w = lock(&self.writer);
+            let has_records = w.segment.as_ref().is_some_and(|s| !s.is_empty());
+            if w.failed.is_none() && (has_records || !reopen) {
+                self.seal(&mut w, reopen);
+            }
+        }
+        while let Some(result) = self.checkpoint_next() {
+            result?;
+        }
         Ok(())
+    }
+
+    fn task_events(&self, task_id: &str) -> Result<Vec<pb::TaskEvent>, StoreError> {
+        // Pending first: a checkpoint between the two reads moves events
+        // from pending to the tree, and both reads then see them.
+        let pending = lock(&self.shared).pending.get(task_id).cloned();
+        match pending {
+            Some(p) if p.deleted => Ok(Vec::new()),
+            Some(p) => {
+                let mut all: BTreeMap<u32, pb::TaskEvent> =
+                    (0..).zip(self.tree.task_events(task_id)?).collect();
+                all.extend(p.events);
+                Ok(all.into_values().collect())
+            }
+            None => self.tree.task_events(task_id),
+        }
     }
 }
 
 impl Store for RedbStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
-        self.load_inner().map_err(backend("load"))
+        // Start-up only; anything committed before is applied first.
+        self.inner.checkpoint_all(true)?;
+        self.inner.tree.load()
     }
 
     fn load_tasks(
         &self,
         on_task: &mut dyn FnMut(StoredTask, Vec<pb::TaskEvent>),
     ) -> Result<(), StoreError> {
-        self.load_tasks_inner(on_task)
-            .map_err(backend("load tasks"))
+        self.inner.checkpoint_all(true)?;
+        self.inner.tree.load_tasks(on_task)
     }
 
     fn task_events(&self, task_id: &str) -> Result<Vec<pb::TaskEvent>, StoreError> {
-        let read = || -> Result<_, redb::Error> {
-            let txn = self.db.begin_read()?;
-            read_events(&txn.open_table(EVENTS)?, task_id)
-        };
-        read().map_err(backend("read events"))
+        self.inner.task_events(task_id)
     }
 
     fn commit(&self, batch: &[Mutation]) -> Result<(), StoreError> {
-        self.commit_inner(batch).map_err(backend("commit"))
+        self.inner.commit(batch)
     }
 }
 
-/// The events of one task, in index order.
-fn read_events(
-    events: &impl ReadableTable<(&'static str, u32), &'static [u8]>,
-    task_id: &str,
-) -> Result<Vec<pb::TaskEvent>, redb::Error> {
-    let mut out = Vec::new();
-    for item in events.range((task_id, 0)..=(task_id, u32::MAX))? {
-        let (k, v) = item?;
-        let (_, index) = k.value();
-        let event = decode::<pb::TaskEvent>(&format!("events/{task_id}/{index}"), v.value())
-            .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
-        out.push(event);
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        lock(&self.inner.shared).stopping = true;
+        self.inner.changed.notify_all();
+        if let Some(handle) = lock(&self.checkpointer).take() {
+            if handle.join().is_err() {
+                tracing::error!("journal checkpoint thread panicked");
+            }
+        }
+        // Leave only the tree behind; on failure the next start applies the journal.
+        if let Err(e) = self.inner.checkpoint_all(false) {
+            tracing::error!(error = %e, "final journal checkpoint failed; the next start applies the journal");
+        }
+        if let Some(spare) = lock(&self.inner.shared).spare.take() {
+            let _ = std::fs::remove_file(spare);
+        }
     }
-    Ok(out)
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    fn task(id: &str) -> StoredTask {
-        StoredTask {
-            task: Some(pb::Task {
-                id: id.into(),
-                ..Default::default()
-            }),
-            last_sequence: 7,
-            trace_context: [(
-                "traceparent".to_string(),
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string(),
-            )]
-            .into(),
-        }
-    }
-
-    fn event(task_id: &str, reason: &str) -> pb::TaskEvent {
-        pb::TaskEvent {
-            task_id: task_id.into(),
-            reason: reason.into(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn survives_reopen_and_deletes_cascade() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = RedbStore::open(dir.path()).unwrap();
-            let mut batch = vec![
-                Mutation::PutTask(Box::new(task("t1"))),
-                Mutation::PutTask(Box::new(task("t2"))),
-            ];
-            for (i, r) in ["a", "b"].iter().enumerate() {
-                batch.push(Mutation::PutEvent {
-                    task_id: "t1".into(),
-                    index: u32::try_from(i).unwrap(),
-                    event: Box::new(event("t1", r)),
-                });
-            }
-            batch.push(Mutation::PutEvent {
-                task_id: "t2".into(),
-                index: 0,
-                event: Box::new(event("t2", "c")),
-            });
-            batch.push(Mutation::PutNode(Box::new(pb::Node {
-                id: "n1".into(),
-                name: "a".into(),
-                ..Default::default()
-            })));
-            s.commit(&batch).unwrap();
-        }
-        let s = RedbStore::open(dir.path()).unwrap();
-        let snap = s.load().unwrap();
-        let tasks = all_tasks(&s);
-        assert_eq!(tasks.len(), 2);
-        assert_eq!(tasks[0].0, task("t1"));
-        let reasons: Vec<_> = tasks[0].1.iter().map(|e| e.reason.as_str()).collect();
-        assert_eq!(reasons, ["a", "b"]);
-        assert_eq!(s.task_events("t1").unwrap(), tasks[0].1);
-        assert_eq!(snap.nodes[0].name, "a");
-
-        s.commit(&[Mutation::DeleteTask("t1".into())]).unwrap();
-        let tasks = all_tasks(&s);
-        assert_eq!(tasks.len(), 1);
-        assert_eq!(tasks[0].1.len(), 1, "t2's events stay");
-        assert!(s.task_events("t1").unwrap().is_empty());
-    }
-
-    fn all_tasks(s: &RedbStore) -> Vec<(StoredTask, Vec<pb::TaskEvent>)> {
-        let mut all = Vec::new();
-        s.load_tasks(&mut |t, evs| all.push((t, evs))).unwrap();
-        all
-    }
-
-    #[test]
-    fn finished_tasks_load_without_events_which_stay_readable() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = RedbStore::open(dir.path()).unwrap();
-        let mut done = task("done");
-        if let Some(t) = done.task.as_mut() {
-            t.status = Some(pb::TaskStatus {
-                state: pb::TaskState::Completed as i32,
-                ..Default::default()
-            });
-        }
-        let mut batch = vec![
-            Mutation::PutTask(Box::new(done)),
-            Mutation::PutTask(Box::new(task("live"))),
-        ];
-        for id in ["done", "live"] {
-            batch.push(Mutation::PutEvent {
-                task_id: id.into(),
-                index: 0,
-                event: Box::new(event(id, "accepted")),
-            });
-        }
-        s.commit(&batch).unwrap();
-        let tasks = all_tasks(&s);
-        let ids: Vec<_> = tasks
-            .iter()
-            .map(|(t, evs)| (t.task.as_ref().unwrap().id.as_str(), evs.len()))
-            .collect();
-        assert_eq!(ids, [("done", 0), ("live", 1)]);
-        assert_eq!(s.task_events("done").unwrap()[0].reason, "accepted");
-    }
-}
+mod tests;

@@ -1,0 +1,711 @@
+//! The journal: committed mutations appended to numbered segment files.
+//!
+//! ```text
+//! <data-dir>/journal/<segment, 20 digits>.log
+//! segment = "MKJRNL02" record* zeros
+//! record  = payload length (u32 LE) | CRC-32 of payload (u32 LE)
+//!           | CRC-32 of the 8 bytes before (u32 LE) | payload
+//! payload = Entry*, each as field 1 (length-delimited): one group commit
+//! ```
+//!
+//! Appending one record and one `fdatasync` is all a commit costs: a few KiB
+//! written into a file made full-size with zeros beforehand, so the sync
+//! writes those pages and no file-size or block-allocation change. A crash
+//! can only damage the record being written, which was never acknowledged:
+//! the reader reports it as a torn tail. Entries carry each record's key
+//! next to its encoded bytes, so a checkpoint moves bytes into the B-tree
+//! without decoding them.
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use prost::encoding::{
+    self, decode_key, decode_varint, encode_key, encode_varint, encoded_len_varint, key_len,
+    WireType,
+};
+use prost::Message;
+
+use super::Mutation;
+
+/// Directory under the data dir.
+pub(super) const DIR: &str = "journal";
+/// Size a segment is made with; once its records reach it, it is sealed.
+pub(super) const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
+const MAGIC: &[u8; 8] = b"MKJRNL02";
+const RECORD_HEADER: usize = 12;
+const EXT: &str = "log";
+/// Segments made ready ahead of need (not `.log`: never read as segments).
+const SPARE_EXT: &str = "spare";
+
+// Entry tags (one field per entry).
+const PUT_TASK: u32 = 1;
+const DELETE_TASK: u32 = 2;
+const PUT_EVENT: u32 = 3;
+const PUT_NODE: u32 = 4;
+const PUT_TOKEN: u32 = 5;
+const DELETE_TOKEN: u32 = 6;
+const PUT_JOIN_TOKEN: u32 = 7;
+
+/// One journaled mutation, borrowing its strings and encoded records from
+/// the segment's bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Op<'a> {
+    /// A task record (encoded `StoredTask`) under its id.
+    PutTask { id: &'a str, record: &'a [u8] },
+    /// A task and its events removed.
+    DeleteTask(&'a str),
+    /// An encoded `pb::TaskEvent` at `index` of a task's history.
+    PutEvent {
+        task_id: &'a str,
+        index: u32,
+        event: &'a [u8],
+    },
+    /// An encoded `pb::Node` under its id.
+    PutNode { id: &'a str, record: &'a [u8] },
+    /// An encoded `StoredToken` under its name.
+    PutToken { name: &'a str, record: &'a [u8] },
+    /// A token removed.
+    DeleteToken(&'a str),
+    /// The join token's hash and issue time.
+    PutJoinToken { sha256: &'a str, issued_at: u64 },
+}
+
+/// Length of a length-delimited field of `len` bytes.
+fn field_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+fn put_bytes(tag: u32, bytes: &[u8], buf: &mut Vec<u8>) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(bytes.len() as u64, buf);
+    buf.extend_from_slice(bytes);
+}
+
+fn put_message(tag: u32, len: usize, msg: &impl Message, buf: &mut Vec<u8>) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(len as u64, buf);
+    msg.encode_raw(buf);
+}
+
+/// A record under a key: `1: key, 2: encoded record`.
+fn keyed(tag: u32, key: &str, msg: &impl Message, buf: &mut Vec<u8>) {
+    let len = msg.encoded_len();
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint((field_len(1, key.len()) + field_len(2, len)) as u64, buf);
+    put_bytes(1, key.as_bytes(), buf);
+    put_message(2, len, msg, buf);
+}
+
+/// Appends `m` as one entry (field 1 of the payload).
+fn encode_entry(m: &Mutation, entry: &mut Vec<u8>, buf: &mut Vec<u8>) {
+    entry.clear();
+    match m {
+        Mutation::PutTask(t) => {
+            let id = t.task.as_ref().map_or("", |t| t.id.as_str());
+            keyed(PUT_TASK, id, t.as_ref(), entry);
+        }
+        Mutation::DeleteTask(id) => put_bytes(DELETE_TASK, id.as_bytes(), entry),
+        Mutation::PutEvent {
+            task_id,
+            index,
+            event,
+        } => {
+            let len = event.encoded_len();
+            encode_key(PUT_EVENT, WireType::LengthDelimited, entry);
+            encode_varint(
+                (field_len(1, task_id.len())
+                    + encoding::uint32::encoded_len(2, index)
+                    + field_len(3, len)) as u64,
+                entry,
+            );
+            put_bytes(1, task_id.as_bytes(), entry);
+            encoding::uint32::encode(2, index, entry);
+            put_message(3, len, event.as_ref(), entry);
+        }
+        Mutation::PutNode(n) => keyed(PUT_NODE, &n.id, n.as_ref(), entry),
+        Mutation::PutToken(t) => keyed(PUT_TOKEN, &t.name, t.as_ref(), entry),
+        Mutation::DeleteToken(name) => put_bytes(DELETE_TOKEN, name.as_bytes(), entry),
+        Mutation::PutJoinToken { sha256, issued_at } => {
+            encode_key(PUT_JOIN_TOKEN, WireType::LengthDelimited, entry);
+            encode_varint(
+                (field_len(1, sha256.len()) + encoding::uint64::encoded_len(2, issued_at)) as u64,
+                entry,
+            );
+            put_bytes(1, sha256.as_bytes(), entry);
+            encoding::uint64::encode(2, issued_at, entry);
+        }
+    }
+    put_bytes(1, entry, buf);
+}
+
+/// Encodes a batch as one record payload.
+pub(super) fn encode_payload(batch: &[Mutation], buf: &mut Vec<u8>) {
+    let mut entry = Vec::new();
+    for m in batch {
+        encode_entry(m, &mut entry, buf);
+    }
+}
+
+/// A protobuf field value, borrowed.
+enum Field<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+}
+
+/// The next field of a message, or `None` at its end.
+fn next_field<'a>(buf: &mut &'a [u8]) -> Result<Option<(u32, Field<'a>)>, String> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let (tag, wire) = decode_key(buf).map_err(|e| e.to_string())?;
+    let value = match wire {
+        WireType::Varint => Field::Varint(decode_varint(buf).map_err(|e| e.to_string())?),
+        WireType::LengthDelimited => {
+            let len = usize::try_from(decode_varint(buf).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+            if len > buf.len() {
+                return Err("a field runs past its message".into());
+            }
+            let (value, rest) = buf.split_at(len);
+            *buf = rest;
+            Field::Bytes(value)
+        }
+        other => return Err(format!("unexpected wire type {other:?}")),
+    };
+    Ok(Some((tag, value)))
+}
+
+fn text(bytes: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(bytes).map_err(|e| e.to_string())
+}
+
+/// The fields 1..=3 of an entry's body (absent ones empty / zero).
+#[derive(Default)]
+struct Parts<'a> {
+    one: &'a [u8],
+    two: &'a [u8],
+    two_int: u64,
+    three: &'a [u8],
+}
+
+fn parts(mut body: &[u8]) -> Result<Parts<'_>, String> {
+    let mut p = Parts::default();
+    while let Some((tag, value)) = next_field(&mut body)? {
+        match (tag, value) {
+            (1, Field::Bytes(b)) => p.one = b,
+            (2, Field::Bytes(b)) => p.two = b,
+            (2, Field::Varint(v)) => p.two_int = v,
+            (3, Field::Bytes(b)) => p.three = b,
+            _ => return Err(format!("unexpected field {tag}")),
+        }
+    }
+    Ok(p)
+}
+
+fn decode_entry(mut entry: &[u8]) -> Result<Op<'_>, String> {
+    let Some((tag, Field::Bytes(body))) = next_field(&mut entry)? else {
+        return Err("an empty or malformed entry".into());
+    };
+    // Deletions carry the key itself; every other kind is a small message.
+    match tag {
+        DELETE_TASK => return Ok(Op::DeleteTask(text(body)?)),
+        DELETE_TOKEN => return Ok(Op::DeleteToken(text(body)?)),
+        PUT_TASK | PUT_EVENT | PUT_NODE | PUT_TOKEN | PUT_JOIN_TOKEN => {}
+        other => {
+            return Err(format!(
+                "a change of kind {other}, unknown to this minkube-manager (written by a newer version?)"
+            ))
+        }
+    }
+    let p = parts(body)?;
+    Ok(match tag {
+        PUT_TASK => Op::PutTask {
+            id: text(p.one)?,
+            record: p.two,
+        },
+        PUT_EVENT => Op::PutEvent {
+            task_id: text(p.one)?,
+            index: u32::try_from(p.two_int).map_err(|e| e.to_string())?,
+            event: p.three,
+        },
+        PUT_NODE => Op::PutNode {
+            id: text(p.one)?,
+            record: p.two,
+        },
+        PUT_TOKEN => Op::PutToken {
+            name: text(p.one)?,
+            record: p.two,
+        },
+        _ => Op::PutJoinToken {
+            sha256: text(p.one)?,
+            issued_at: p.two_int,
+        },
+    })
+}
+
+/// The entries of one record payload, in order.
+pub(super) fn decode_payload(mut payload: &[u8]) -> Result<Vec<Op<'_>>, String> {
+    let mut ops = Vec::new();
+    while let Some((tag, value)) = next_field(&mut payload)? {
+        let (1, Field::Bytes(entry)) = (tag, value) else {
+            return Err(format!("unexpected field {tag} in a record"));
+        };
+        ops.push(decode_entry(entry)?);
+    }
+    Ok(ops)
+}
+
+/// Path of segment `seq`.
+pub(super) fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:020}.{EXT}"))
+}
+
+/// Path of spare segment number `n`.
+pub(super) fn spare_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("{n}.{SPARE_EXT}"))
+}
+
+/// Removes spare segments (one may be half-written by a crash).
+pub(super) fn remove_spares(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) == Some(SPARE_EXT) {
+            fs::remove_file(path)?;
+        }
+    }
+    Ok(())
+}
+
+/// The segments in `dir`, oldest first (other files are left alone).
+pub(super) fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some(EXT) {
+            continue;
+        }
+        if let Some(seq) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            out.push((seq, path));
+        }
+    }
+    out.sort_unstable_by_key(|(seq, _)| *seq);
+    Ok(out)
+}
+
+/// Makes a directory entry change (a new or removed file) durable.
+pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes an empty, full-size segment at `path` (replacing a leftover).
+pub(super) fn prepare(path: &Path) -> io::Result<()> {
+    let mut file = File::create(path)?;
+    file.write_all(MAGIC)?;
+    let zeros = vec![0u8; 1024 * 1024];
+    let mut left = usize::try_from(SEGMENT_BYTES).unwrap_or(usize::MAX) - MAGIC.len();
+    while left > 0 {
+        let n = left.min(zeros.len());
+        file.write_all(&zeros[..n])?;
+        left -= n;
+    }
+    file.sync_all()
+}
+
+/// Why an append failed, and whether the segment can take more records.
+#[derive(Debug)]
+pub(super) struct AppendError {
+    pub(super) error: io::Error,
+    /// `fdatasync` failed, or a partial record could not be wiped: what
+    /// reached the disk is unknown, so nothing more may be appended.
+    pub(super) fatal: bool,
+}
+
+/// The segment being appended to.
+pub(super) struct SegmentWriter {
+    file: File,
+    seq: u64,
+    len: u64,
+    buf: Vec<u8>,
+}
+
+impl SegmentWriter {
+    /// Makes segment `seq` (which must not exist) from `spare` (a file
+    /// [`prepare`] made), else writes it here; durable when this returns.
+    pub(super) fn create(dir: &Path, seq: u64, spare: Option<&Path>) -> io::Result<Self> {
+        let path = segment_path(dir, seq);
+        if path.exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists already", path.display()),
+            ));
+        }
+        if let Some(spare) = spare {
+            fs::rename(spare, &path)?;
+        } else {
+            prepare(&path)?;
+        }
+        sync_dir(dir)?;
+        let file = OpenOptions::new().write(true).open(&path)?;
+        Ok(Self {
+            file,
+            seq,
+            len: MAGIC.len() as u64,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Segment number.
+    pub(super) fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Bytes written, the header included.
+    pub(super) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the segment holds any record.
+    pub(super) fn is_empty(&self) -> bool {
+        self.len == MAGIC.len() as u64
+    }
+
+    /// Appends `batch` as one record and waits until it is on disk.
+    pub(super) fn append(&mut self, batch: &[Mutation]) -> Result<(), AppendError> {
+        self.buf.clear();
+        self.buf.extend_from_slice(&[0; RECORD_HEADER]);
+        encode_payload(batch, &mut self.buf);
+        let payload = u32::try_from(self.buf.len() - RECORD_HEADER).map_err(|_| AppendError {
+            error: io::Error::new(io::ErrorKind::InvalidInput, "one commit over 4 GiB"),
+            fatal: false,
+        })?;
+        let crc = crc32fast::hash(&self.buf[RECORD_HEADER..]);
+        self.buf[..4].copy_from_slice(&payload.to_le_bytes());
+        self.buf[4..8].copy_from_slice(&crc.to_le_bytes());
+        let header_crc = crc32fast::hash(&self.buf[..8]);
+        self.buf[8..RECORD_HEADER].copy_from_slice(&header_crc.to_le_bytes());
+        if let Err(error) = self.file.write_all_at(&self.buf, self.len) {
+            // Wipe whatever part was written, so the next record follows the
+            // last whole one with nothing stale after it.
+            let zeros = vec![0u8; self.buf.len()];
+            let fatal = self.file.write_all_at(&zeros, self.len).is_err();
+            return Err(AppendError { error, fatal });
+        }
+        self.file
+            .sync_data()
+            .map_err(|error| AppendError { error, fatal: true })?;
+        self.len += self.buf.len() as u64;
+        // A rare huge commit should not pin its buffer for good.
+        if self.buf.capacity() > 4 * 1024 * 1024 {
+            self.buf = Vec::new();
+        }
+        Ok(())
+    }
+}
+
+/// A segment file read into memory.
+#[derive(Debug, Default)]
+pub(super) struct Segment {
+    bytes: Vec<u8>,
+    /// Payloads of the whole records, in order.
+    records: Vec<Range<usize>>,
+    /// Set when the file ends in a partly written record (a crash while
+    /// appending it; it was never acknowledged): where and why.
+    pub(super) torn_tail: Option<String>,
+}
+
+impl Segment {
+    /// Every mutation of every whole record, in order.
+    pub(super) fn ops(&self) -> Result<Vec<Op<'_>>, String> {
+        let mut ops = Vec::new();
+        for r in &self.records {
+            ops.extend(decode_payload(&self.bytes[r.clone()])?);
+        }
+        Ok(ops)
+    }
+
+    /// Number of whole records.
+    #[cfg(test)]
+    pub(super) fn records(&self) -> usize {
+        self.records.len()
+    }
+}
+
+/// The payload range of a whole, intact record starting at `at`.
+fn record_at(bytes: &[u8], at: usize) -> Option<Range<usize>> {
+    let header = bytes.get(at..at + RECORD_HEADER)?;
+    if header.iter().all(|&b| b == 0) {
+        return None; // the unused part (fast path for the scan below)
+    }
+    let word =
+        |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    if crc32fast::hash(&header[..8]) != word(8) {
+        return None;
+    }
+    let len = word(0) as usize;
+    let start = at + RECORD_HEADER;
+    let payload = bytes.get(start..start.checked_add(len)?)?;
+    (len > 0 && crc32fast::hash(payload) == word(4)).then_some(start..start + len)
+}
+
+/// Reads a segment. Where the records stop, the rest must be zeros (the
+/// unused part), or the remains of one unfinished record (a torn tail); an
+/// intact record after damage means acknowledged changes were damaged: an
+/// error naming the file and offset.
+pub(super) fn read_segment(path: &Path) -> Result<Segment, String> {
+    let bytes = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = Segment::default();
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(format!(
+            "{} is not a journal segment of this version",
+            path.display()
+        ));
+    }
+    let mut at = MAGIC.len();
+    while at < bytes.len() {
+        if let Some(r) = record_at(&bytes, at) {
+            at = r.end;
+            out.records.push(r);
+            continue;
+        }
+        let rest = &bytes[at..];
+        if rest.iter().all(|&b| b == 0) {
+            break; // the unused part
+        }
+        if let Some(later) = (at + 1..bytes.len()).find(|&i| record_at(&bytes, i).is_some()) {
+            return Err(format!(
+                "{} is damaged at byte {at}: the record there is unreadable and an intact one follows at byte {later}",
+                path.display()
+            ));
+        }
+        out.torn_tail = Some(format!("an unfinished record at byte {at}"));
+        break;
+    }
+    out.bytes = bytes;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::{StoredTask, StoredToken};
+    use minkube::pb;
+
+    pub(crate) fn every_kind() -> Vec<Mutation> {
+        vec![
+            Mutation::PutTask(Box::new(StoredTask {
+                task: Some(pb::Task {
+                    id: "t1".into(),
+                    trace_id: "abc".into(),
+                    ..Default::default()
+                }),
+                last_sequence: 3,
+                trace_context: [("traceparent".to_string(), "00-ab-cd-01".to_string())].into(),
+            })),
+            Mutation::DeleteTask("t0".into()),
+            Mutation::PutEvent {
+                task_id: "t1".into(),
+                index: 0,
+                event: Box::new(pb::TaskEvent {
+                    task_id: "t1".into(),
+                    reason: "accepted".into(),
+                    ..Default::default()
+                }),
+            },
+            Mutation::PutEvent {
+                task_id: "t1".into(),
+                index: 7,
+                event: Box::default(),
+            },
+            Mutation::PutNode(Box::new(pb::Node {
+                id: "n1".into(),
+                name: "a".into(),
+                ..Default::default()
+            })),
+            Mutation::PutToken(Box::new(StoredToken {
+                name: "ci".into(),
+                role: 2,
+                sha256: "ff".into(),
+                created_at: None,
+            })),
+            Mutation::DeleteToken("old".into()),
+            Mutation::PutJoinToken {
+                sha256: "aa".into(),
+                issued_at: 0,
+            },
+            Mutation::PutJoinToken {
+                sha256: String::new(),
+                issued_at: 1_700_000_000,
+            },
+        ]
+    }
+
+    /// Decodes what an op carries back into the mutation that wrote it.
+    fn owned(op: Op<'_>) -> Mutation {
+        match op {
+            Op::PutTask { id, record } => {
+                let t = StoredTask::decode(record).unwrap();
+                assert_eq!(t.task.as_ref().unwrap().id, id);
+                Mutation::PutTask(Box::new(t))
+            }
+            Op::DeleteTask(id) => Mutation::DeleteTask(id.into()),
+            Op::PutEvent {
+                task_id,
+                index,
+                event,
+            } => Mutation::PutEvent {
+                task_id: task_id.into(),
+                index,
+                event: Box::new(pb::TaskEvent::decode(event).unwrap()),
+            },
+            Op::PutNode { id, record } => {
+                let n = pb::Node::decode(record).unwrap();
+                assert_eq!(n.id, id);
+                Mutation::PutNode(Box::new(n))
+            }
+            Op::PutToken { name, record } => {
+                let t = StoredToken::decode(record).unwrap();
+                assert_eq!(t.name, name);
+                Mutation::PutToken(Box::new(t))
+            }
+            Op::DeleteToken(name) => Mutation::DeleteToken(name.into()),
+            Op::PutJoinToken { sha256, issued_at } => Mutation::PutJoinToken {
+                sha256: sha256.into(),
+                issued_at,
+            },
+        }
+    }
+
+    fn read_back(path: &Path) -> Vec<Mutation> {
+        read_segment(path)
+            .unwrap()
+            .ops()
+            .unwrap()
+            .into_iter()
+            .map(owned)
+            .collect()
+    }
+
+    #[test]
+    fn records_read_back_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::create(dir.path(), 3, None).unwrap();
+        assert!(w.is_empty());
+        let path = segment_path(dir.path(), 3);
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            SEGMENT_BYTES,
+            "made full-size"
+        );
+        let all = every_kind();
+        w.append(&all[..2]).unwrap();
+        w.append(&all[2..]).unwrap();
+        assert_eq!(read_back(&path), all);
+        let seg = read_segment(&path).unwrap();
+        assert_eq!(seg.records(), 2);
+        assert!(
+            seg.torn_tail.is_none(),
+            "zeros after the records are the unused part"
+        );
+        assert_eq!(list_segments(dir.path()).unwrap()[0].0, 3);
+        assert!(SegmentWriter::create(dir.path(), 3, None).is_err());
+    }
+
+    #[test]
+    fn a_segment_is_made_from_the_spare_when_one_is_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let spare = spare_path(dir.path(), 4);
+        prepare(&spare).unwrap();
+        let mut w = SegmentWriter::create(dir.path(), 1, Some(&spare)).unwrap();
+        assert!(!spare.exists());
+        w.append(&every_kind()).unwrap();
+        assert_eq!(read_back(&segment_path(dir.path(), 1)), every_kind());
+        prepare(&spare_path(dir.path(), 5)).unwrap();
+        assert_eq!(
+            list_segments(dir.path()).unwrap().len(),
+            1,
+            "a spare is not a segment"
+        );
+        remove_spares(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// A segment with two records; the second's payload range.
+    fn two_records() -> (tempfile::TempDir, PathBuf, Range<usize>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::create(dir.path(), 1, None).unwrap();
+        w.append(&every_kind()).unwrap();
+        w.append(&every_kind()).unwrap();
+        let path = segment_path(dir.path(), 1);
+        let second = read_segment(&path).unwrap().records[1].clone();
+        (dir, path, second)
+    }
+
+    #[test]
+    fn an_unfinished_last_record_is_a_torn_tail() {
+        let (_dir, path, second) = two_records();
+        let full = fs::read(&path).unwrap();
+        let header = second.start - RECORD_HEADER;
+        // Zeroed ranges: payload cut short, header cut short, header missing
+        // but payload there.
+        let cases = [
+            second.end - 5..second.end,
+            header + 6..second.end,
+            header..header + RECORD_HEADER,
+        ];
+        for zeroed in cases {
+            let mut bytes = full.clone();
+            bytes[zeroed].fill(0);
+            fs::write(&path, &bytes).unwrap();
+            let seg = read_segment(&path).unwrap();
+            assert_eq!(seg.records(), 1);
+            assert!(seg.torn_tail.unwrap().contains(&format!("byte {header}")));
+        }
+    }
+
+    #[test]
+    fn damage_before_an_intact_record_is_an_error_naming_the_file() {
+        let (_dir, path, _) = two_records();
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[MAGIC.len() + RECORD_HEADER + 4] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        let e = read_segment(&path).unwrap_err();
+        assert!(e.contains("00000000000000000001.log"), "{e}");
+        assert!(e.contains("an intact one follows"), "{e}");
+        fs::write(&path, b"something else entirely").unwrap();
+        assert!(read_segment(&path)
+            .unwrap_err()
+            .contains("not a journal segment"));
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_segment_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::create(dir.path(), 1, None).unwrap();
+        w.append(&every_kind()).unwrap();
+        let before = w.len();
+        // A read-only handle stands in for a disk that refuses writes.
+        w.file = File::open(segment_path(dir.path(), 1)).unwrap();
+        let e = w.append(&every_kind()).unwrap_err();
+        // Nor can the attempt be wiped through that handle: nothing more may go in.
+        assert!(e.fatal);
+        assert_eq!(w.len(), before);
+        assert_eq!(read_back(&segment_path(dir.path(), 1)), every_kind());
+    }
+
+    #[test]
+    fn unknown_kinds_of_change_are_refused_by_name() {
+        let mut payload = Vec::new();
+        let mut entry = Vec::new();
+        put_bytes(42, b"x", &mut entry);
+        put_bytes(1, &entry, &mut payload);
+        let e = decode_payload(&payload).unwrap_err();
+        assert!(e.contains("newer version"), "{e}");
+    }
+}
