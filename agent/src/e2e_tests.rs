@@ -177,6 +177,7 @@ async fn sessions_register_sync_run_stop_and_reconnect() {
     .unwrap();
     let (stop_tx, stop_rx) = watch::channel(false);
     let store = LocalStore::open(dir.path()).unwrap();
+    let records = store.clone();
     let agent = tokio::spawn(serve(
         args,
         "w1".into(),
@@ -285,9 +286,8 @@ async fn sessions_register_sync_run_stop_and_reconnect() {
     )))
     .await
     .unwrap();
-    let store = LocalStore::open(dir.path()).unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
-    while !store.load_tasks().unwrap().is_empty() {
+    while !records.load_tasks().unwrap().is_empty() {
         assert!(tokio::time::Instant::now() < deadline, "record not deleted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

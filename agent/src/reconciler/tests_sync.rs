@@ -55,6 +55,7 @@ async fn startup_reconciles_records_with_the_containers_found() {
     store
         .save_task(&record("created", TaskState::Scheduled, "", 1))
         .unwrap();
+    drop(store); // the agent's store takes the data dir's lock
 
     let mut h = Harness::start(&rt, dir.path());
     let synced = h.full_sync(1).await;
