@@ -304,6 +304,8 @@ pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Writes an empty, full-size segment at `path` (replacing a leftover).
+/// Each MiB is synced before the next is written: commits' `fdatasync`s
+/// then never queue behind the whole 8 MiB at once.
 pub(super) fn prepare(path: &Path) -> io::Result<()> {
     let mut file = File::create(path)?;
     file.write_all(MAGIC)?;
@@ -312,6 +314,7 @@ pub(super) fn prepare(path: &Path) -> io::Result<()> {
     while left > 0 {
         let n = left.min(zeros.len());
         file.write_all(&zeros[..n])?;
+        file.sync_data()?;
         left -= n;
     }
     file.sync_all()
