@@ -201,7 +201,7 @@ impl LocalStore {
                 }
                 if let Some(damage) = &loaded.damage {
                     let aside = path.with_extension("journal.corrupt");
-                    error!(path = %path.display(), damage, moved_to = %aside.display(), "task journal damaged; keeping the records before the damage, the manager's full sync restores the rest");
+                    error!(path = %path.display(), damage, moved_to = %aside.display(), "task journal damaged; keeping the records before the damage and setting the file aside");
                     fs::rename(&path, &aside).map_err(io_err("rename", &path))?;
                 }
                 loaded.live
