@@ -378,6 +378,19 @@ impl SegmentWriter {
         self.len == MAGIC.len() as u64
     }
 
+    /// Wipes `n` bytes after the last whole record, so the next record
+    /// follows it with nothing stale after it: zeros inside the preallocated
+    /// part (its blocks exist, so this works on a full disk too), the file
+    /// cut back beyond it. False when that failed.
+    fn wipe_from_end(&self, n: u64) -> bool {
+        let end = self.len + n;
+        let inside = end.min(SEGMENT_BYTES).saturating_sub(self.len);
+        let zeros = vec![0u8; usize::try_from(inside).unwrap_or(0)];
+        let zeroed = inside == 0 || self.file.write_all_at(&zeros, self.len).is_ok();
+        let cut = end <= SEGMENT_BYTES || self.file.set_len(self.len.max(SEGMENT_BYTES)).is_ok();
+        zeroed && cut
+    }
+
     /// Appends `batch` as one record and waits until it is on disk.
     pub(super) fn append(&mut self, batch: &[Mutation]) -> Result<(), AppendError> {
         self.buf.clear();
@@ -393,10 +406,7 @@ impl SegmentWriter {
         let header_crc = crc32fast::hash(&self.buf[..8]);
         self.buf[8..RECORD_HEADER].copy_from_slice(&header_crc.to_le_bytes());
         if let Err(error) = self.file.write_all_at(&self.buf, self.len) {
-            // Wipe whatever part was written, so the next record follows the
-            // last whole one with nothing stale after it.
-            let zeros = vec![0u8; self.buf.len()];
-            let fatal = self.file.write_all_at(&zeros, self.len).is_err();
+            let fatal = !self.wipe_from_end(self.buf.len() as u64);
             return Err(AppendError { error, fatal });
         }
         self.file
@@ -700,6 +710,19 @@ mod tests {
         assert!(e.fatal);
         assert_eq!(w.len(), before);
         assert_eq!(read_back(&segment_path(dir.path(), 1)), every_kind());
+    }
+
+    #[test]
+    fn a_wipe_zeroes_inside_the_segment_and_cuts_beyond_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::create(dir.path(), 1, None).unwrap();
+        // A failed append left 8 bytes across the preallocated end.
+        w.len = SEGMENT_BYTES - 4;
+        w.file.write_all_at(&[0xff; 8], w.len).unwrap();
+        assert!(w.wipe_from_end(8));
+        let bytes = fs::read(segment_path(dir.path(), 1)).unwrap();
+        assert_eq!(bytes.len() as u64, SEGMENT_BYTES);
+        assert!(bytes[bytes.len() - 4..].iter().all(|&b| b == 0));
     }
 
     #[test]
