@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use prost::encoding::{encode_key, encode_varint, WireType};
 use prost::Message;
 
-use super::TaskRecord;
+use super::{write_atomic, StoreError, TaskRecord};
 
 /// File name under the data dir.
 pub(super) const FILE: &str = "tasks.journal";
@@ -128,21 +128,21 @@ pub(super) struct Journal {
 impl Journal {
     /// Writes a journal holding exactly `live` at `dir/FILE`, replacing the
     /// old one atomically, and opens it for appending.
-    pub(super) fn write_fresh(dir: &Path, live: &Live) -> io::Result<Self> {
-        let path = dir.join(FILE);
-        let tmp = dir.join(format!(".{FILE}.tmp"));
+    pub(super) fn write_fresh(dir: &Path, live: &Live) -> Result<Self, StoreError> {
         let mut buf = MAGIC.to_vec();
         for record in live.values() {
             push_record(&mut buf, PUT, record);
         }
-        {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&buf)?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, &path)?;
-        File::open(dir)?.sync_all()?;
-        let file = OpenOptions::new().append(true).open(&path)?;
+        write_atomic(dir, FILE, &buf)?;
+        let path = path(dir);
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|source| StoreError::Io {
+                action: "open",
+                path,
+                source,
+            })?;
         Ok(Self {
             file,
             entries: live.len(),

@@ -210,7 +210,7 @@ impl LocalStore {
         };
         let legacy = root.join(TASKS_DIR);
         let legacy_files = read_legacy(&legacy, &mut live)?;
-        let journal = Journal::write_fresh(root, &live).map_err(io_err("write", &path))?;
+        let journal = Journal::write_fresh(root, &live)?;
         // Only once the journal holds them durably.
         for file in &legacy_files {
             fs::remove_file(file).map_err(io_err("remove", file))?;
@@ -286,8 +286,7 @@ impl LocalStore {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let path = journal::path(&self.root);
         if inner.rewrite {
-            inner.journal =
-                Journal::write_fresh(&self.root, &inner.live).map_err(io_err("rewrite", &path))?;
+            inner.journal = Journal::write_fresh(&self.root, &inner.live)?;
             inner.rewrite = false;
         }
         if let Err(e) = apply(&mut inner) {
@@ -347,14 +346,10 @@ fn read_legacy(dir: &Path, live: &mut Live) -> Result<Vec<PathBuf>, StoreError> 
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io_err("read directory", dir)(e)),
     };
+    remove_temp_files(dir)?;
     let mut files = Vec::new();
     for entry in entries {
         let path = entry.map_err(io_err("read directory", dir))?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with('.') && name.ends_with(TMP_SUFFIX) {
-            fs::remove_file(&path).map_err(io_err("remove", &path))?;
-            continue;
-        }
         if path.extension().and_then(|e| e.to_str()) != Some(RECORD_EXT) {
             continue;
         }
