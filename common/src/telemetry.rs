@@ -98,10 +98,21 @@ pub fn init(format: LogFormat, service_name: &'static str) -> Telemetry {
     };
     let mut layers = vec![fmt];
     if let Some(p) = &provider {
+        let export = minkube::trace::export_configured();
         layers.push(
             tracing_opentelemetry::layer()
                 .with_tracer(p.tracer(service_name))
-                .with_filter(otel_filter(minkube::trace::export_configured()))
+                // Parents come from the span tree; nothing here reads the
+                // OpenTelemetry "current context", and attaching it on every
+                // poll of a request's future was a measurable cost.
+                .with_context_activation(false)
+                // Attributes only an exporter would send (source location,
+                // thread, busy/idle time): a per-span cost otherwise.
+                .with_location(export)
+                .with_threads(export)
+                .with_target(export)
+                .with_tracked_inactivity(export)
+                .with_filter(otel_filter(export))
                 .boxed(),
         );
     }
