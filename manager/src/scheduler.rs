@@ -69,6 +69,15 @@ fn free_mb(st: &State, id: &str, constraints: &[Constraint]) -> Option<u64> {
 /// The next node after the cursor (by name, wrapping) with `need_mb` free
 /// that meets `constraints`: its (id, name).
 fn pick(st: &State, need_mb: u64, constraints: &[Constraint]) -> Option<(String, String)> {
+    next_with_room(st, need_mb, constraints).map(|(name, id)| (id.clone(), name.clone()))
+}
+
+/// [`pick`] without the copies: the ring's (name, id) of the node.
+fn next_with_room<'a>(
+    st: &'a State,
+    need_mb: u64,
+    constraints: &[Constraint],
+) -> Option<&'a (String, String)> {
     let ring = &st.ring.names;
     if ring.is_empty() {
         return None;
@@ -85,7 +94,22 @@ fn pick(st: &State, need_mb: u64, constraints: &[Constraint]) -> Option<(String,
     (0..ring.len())
         .map(|i| &ring[(start + i) % ring.len()])
         .find(|(_, id)| free_mb(st, id, constraints).is_some_and(|free| free >= need_mb))
-        .map(|(name, id)| (id.clone(), name.clone()))
+}
+
+/// Why a new task would wait if the scheduler looked now, or `None` when a
+/// node has room for it (the next pass places it). Given at creation, a
+/// cluster without room stores a new task once, reason included, instead
+/// of storing it and then, from the scheduler, its reason: under a burst
+/// that second write was as much work as the first.
+pub fn reason_to_wait(st: &mut State, spec: &pb::TaskSpec) -> Option<String> {
+    let renames = st.node_renames;
+    st.ring.refresh(&st.nodes, renames);
+    // Checked by validation before this: a spec's constraints parse.
+    let parsed = constraints::parse_all(&spec.constraints).unwrap_or_default();
+    if next_with_room(st, spec.memory_mb, &parsed).is_some() {
+        return None;
+    }
+    Some(unplaceable_reason(st, spec.memory_mb, &parsed))
 }
 
 /// A placement made by [`schedule`]: send `assignment` to `node_id` once durable.
@@ -377,6 +401,53 @@ mod tests {
             "no ready node with 60 MB free"
         );
         assert_eq!(st.tasks.get("t0").unwrap().status().node_name, "a");
+    }
+
+    #[test]
+    fn a_reason_given_at_creation_is_what_the_pass_would_write() {
+        let mut st = State::default();
+        let mut out = Vec::new();
+        let spec = |mb, cs: &[&str]| pb::TaskSpec {
+            memory_mb: mb,
+            constraints: cs.iter().map(|c| c.to_string()).collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            reason_to_wait(&mut st, &spec(8, &[])).as_deref(),
+            Some("no ready node with 8 MB free")
+        );
+        // A node that joined since the last pass counts (the ring is refreshed).
+        ready_node(&mut st, "a", 100);
+        assert_eq!(reason_to_wait(&mut st, &spec(8, &[])), None);
+        assert_eq!(
+            reason_to_wait(&mut st, &spec(200, &[])).as_deref(),
+            Some("no ready node with 200 MB free")
+        );
+        assert_eq!(
+            reason_to_wait(&mut st, &spec(8, &["node.label.zone==z"])).as_deref(),
+            Some("no ready node meets node.label.zone==z")
+        );
+        // Stored with that reason, the task costs the pass no second write.
+        let reason = reason_to_wait(&mut st, &spec(200, &[])).unwrap();
+        st.insert_task(
+            pb::Task {
+                id: "big".into(),
+                spec: Some(spec(200, &[])),
+                status: Some(pb::TaskStatus {
+                    state: TaskState::Pending as i32,
+                    reason: reason.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            &mut out,
+        );
+        out.clear();
+        assert!(schedule(&mut st, SystemTime::now(), &mut out)
+            .placements
+            .is_empty());
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(st.tasks.get("big").unwrap().status().reason, reason);
     }
 
     #[test]

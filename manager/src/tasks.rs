@@ -51,12 +51,20 @@ impl Cluster {
             updated_at: Some(created),
             trace_id,
         };
-        let stored = task.clone();
-        self.write(move |st, out| {
-            st.insert_traced_task(stored, trace_context, out);
-            Ok(())
-        })
-        .await?;
+        let task = self
+            .write(move |st, out| {
+                let mut task = task;
+                if let Some(reason) = task
+                    .spec
+                    .as_ref()
+                    .and_then(|s| crate::scheduler::reason_to_wait(st, s))
+                {
+                    task.status.get_or_insert_with(Default::default).reason = reason;
+                }
+                st.insert_traced_task(task.clone(), trace_context, out);
+                Ok(task)
+            })
+            .await?;
         self.kick_scheduler();
         tracing::info!(task_id = %task.id, trace_id = %task.trace_id, "task created");
         Ok(task)
