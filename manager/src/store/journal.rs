@@ -442,6 +442,11 @@ impl Segment {
         Ok(ops)
     }
 
+    /// The file's bytes, for reuse as the next read's buffer.
+    pub(super) fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
     /// Number of whole records.
     #[cfg(test)]
     pub(super) fn records(&self) -> usize {
@@ -471,7 +476,18 @@ fn record_at(bytes: &[u8], at: usize) -> Option<Range<usize>> {
 /// intact record after damage means acknowledged changes were damaged: an
 /// error naming the file and offset.
 pub(super) fn read_segment(path: &Path) -> Result<Segment, String> {
-    let bytes = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    read_segment_into(path, Vec::new())
+}
+
+/// [`read_segment`] into `buf` (cleared first), so a caller reading one
+/// segment after another reuses one allocation.
+pub(super) fn read_segment_into(path: &Path, mut buf: Vec<u8>) -> Result<Segment, String> {
+    use std::io::Read as _;
+    buf.clear();
+    fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut buf))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = buf;
     let mut out = Segment::default();
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
         return Err(format!(
