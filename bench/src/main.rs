@@ -135,6 +135,27 @@ fn markdown(sections: &[Section], argv: &str, quick: bool) -> String {
     s
 }
 
+/// Starts a scenario on a quiet disk: the earlier scenarios' files are
+/// removed (their unwritten pages dropped) and everything else is written
+/// back, so one scenario's writeback does not land in the next one's
+/// latencies.
+fn quiet_disk(work: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(work) {
+        for e in entries.flatten() {
+            let path = e.path();
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            if let Err(err) = removed {
+                eprintln!("warning: cannot remove {}: {err}", path.display());
+            }
+        }
+    }
+    rustix::fs::sync();
+}
+
 async fn run(args: Args) -> anyhow::Result<bool> {
     let bin_dir = match args.bin_dir {
         Some(d) => d,
@@ -168,6 +189,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             .map(|v| v.get_name().to_string())
             .unwrap_or_default();
         let cmd = format!("minkube-bench {name}");
+        quiet_disk(&ctx.work);
         let sec = match sc {
             Scenario::Throughput => {
                 scenarios::guarded(&name, &cmd, scenarios::fleet::throughput(&ctx)).await
