@@ -233,6 +233,16 @@ impl NotifySocket {
         Self { path, socket }
     }
 
+    /// Reads what is queued. The senders do not block: past the socket's
+    /// queue limit (10 by default) a message is dropped, and systemd reads
+    /// at once where this test reads only when it looks.
+    fn drain(&self) {
+        let mut buf = [0u8; 4096];
+        self.socket.set_nonblocking(true).unwrap();
+        while self.socket.recv(&mut buf).is_ok() {}
+        self.socket.set_nonblocking(false).unwrap();
+    }
+
     /// Messages until one contains `want` (all of them returned), or panic.
     fn until(&self, want: &str, within: Duration, log: &Path) -> Vec<String> {
         let deadline = Instant::now() + within;
@@ -393,11 +403,13 @@ fn binaries_started_like_the_units_notify_ready_watchdog_and_stopping() {
     assert_eq!(http_status(&agent_admin, "/readyz"), Some(200));
     notify_a.until("WATCHDOG=1", Duration::from_secs(5), &log_a);
 
+    notify_a.drain();
     let status = agent
         .terminate(Duration::from_secs(30))
         .expect("agent exits on SIGTERM");
     assert!(status.success(), "agent: {status}");
     notify_a.until("STOPPING=1", Duration::from_secs(1), &log_a);
+    notify_m.drain();
     let status = manager
         .terminate(Duration::from_secs(30))
         .expect("manager exits on SIGTERM");
