@@ -146,12 +146,9 @@ impl Manager {
 
     /// Sum of a counter (all label sets) on /metrics.
     pub async fn metric_sum(&self, name: &str) -> anyhow::Result<f64> {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.admin_port)).await?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
-            .await?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).await?;
-        Ok(body
+        Ok(self
+            .scrape()
+            .await?
             .lines()
             .filter(|l| {
                 l.strip_prefix(name)
@@ -159,6 +156,37 @@ impl Manager {
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum())
+    }
+
+    /// A histogram's cumulative buckets from `/metrics`: (upper bound in
+    /// seconds, observations up to it), ascending, `+Inf` last.
+    pub async fn histogram(&self, name: &str) -> anyhow::Result<crate::stats::Buckets> {
+        let prefix = format!("{name}_bucket{{le=\"");
+        let mut buckets: Vec<(f64, f64)> = self
+            .scrape()
+            .await?
+            .lines()
+            .filter_map(|l| {
+                let (le, count) = l.strip_prefix(&prefix)?.split_once("\"} ")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, count.trim().parse().ok()?))
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Ok(crate::stats::Buckets(buckets))
+    }
+
+    async fn scrape(&self) -> anyhow::Result<String> {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.admin_port)).await?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+            .await?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await?;
+        Ok(body)
     }
 
     /// Stops the manager (SIGTERM, then SIGKILL after 30 s).

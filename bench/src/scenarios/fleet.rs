@@ -190,6 +190,15 @@ pub async fn offered_load(ctx: &Ctx) -> anyhow::Result<Section> {
         "p99 < 10 ms",
         exit_p99 < Duration::from_millis(10),
     );
+    // Where the tail comes from: the durable write every change waits for,
+    // or the CPU queueing around it.
+    let commits = manager
+        .histogram("minkube_manager_store_commit_seconds")
+        .await?;
+    sec.info(
+        "manager store commit time (group commit, from /metrics)",
+        commits.summary(),
+    );
     fleet.stop().await;
     manager.stop()?;
     Ok(sec)
