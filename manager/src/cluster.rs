@@ -147,7 +147,7 @@ impl Cluster {
         };
         match watched {
             Some(ticket) => ticket.publish_when_durable(done, &self.tasks).await?,
-            None => committer::durable(done).await?,
+            None => drop(committer::durable(done).await?),
         }
         Ok(value)
     }

@@ -15,9 +15,14 @@ const MAX_REQUESTS_PER_COMMIT: usize = 4096;
 /// A reserved place in the commit queue (see [`Committer::reserve`]).
 pub struct CommitPermit(OwnedSemaphorePermit);
 
+/// What a waiter gets back: its own mutations once they are durable, so
+/// that whatever follows (the watch changes) moves them instead of cloning
+/// each task record, and they are freed where they were made.
+pub type Durable = Result<Vec<Mutation>, StoreError>;
+
 struct Pending {
     mutations: Vec<Mutation>,
-    done: oneshot::Sender<Result<(), StoreError>>,
+    done: oneshot::Sender<Durable>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -74,14 +79,15 @@ impl Committer {
 
     /// Queues mutations; cheap and non-blocking, so it can be called while
     /// holding the state lock (which keeps queue order = state-change order).
+    /// The receiver gets the mutations back once they are durable.
     pub fn submit(
         &self,
         permit: CommitPermit,
         mutations: Vec<Mutation>,
-    ) -> oneshot::Receiver<Result<(), StoreError>> {
+    ) -> oneshot::Receiver<Durable> {
         let (done, rx) = oneshot::channel();
         if mutations.is_empty() {
-            let _ = done.send(Ok(()));
+            let _ = done.send(Ok(mutations));
             return rx;
         }
         self.enqueue(permit, mutations, done);
@@ -94,14 +100,14 @@ impl Committer {
         let permit = self.reserve().await?;
         let (done, rx) = oneshot::channel();
         self.enqueue(permit, Vec::new(), done);
-        durable(rx).await
+        durable(rx).await.map(drop)
     }
 
     fn enqueue(
         &self,
         permit: CommitPermit,
         mutations: Vec<Mutation>,
-        done: oneshot::Sender<Result<(), StoreError>>,
+        done: oneshot::Sender<Durable>,
     ) {
         let mut q = self
             .shared
@@ -149,8 +155,8 @@ impl Drop for Committer {
     }
 }
 
-/// Waits for a submitted write to be durable.
-pub async fn durable(rx: oneshot::Receiver<Result<(), StoreError>>) -> Result<(), StoreError> {
+/// Waits for a submitted write to be durable; returns its mutations.
+pub async fn durable(rx: oneshot::Receiver<Durable>) -> Durable {
     rx.await.unwrap_or(Err(StoreError::Closed))
 }
 
@@ -168,6 +174,7 @@ fn run(shared: &Shared, store: &dyn Store) {
             q.items.drain(..n).collect()
         };
         // Moved, not cloned: each mutation holds a whole task record.
+        let lens: Vec<usize> = batch.iter().map(|p| p.mutations.len()).collect();
         let all: Vec<Mutation> = batch
             .iter_mut()
             .flat_map(|p| std::mem::take(&mut p.mutations))
@@ -175,7 +182,7 @@ fn run(shared: &Shared, store: &dyn Store) {
         if all.is_empty() {
             // Only barriers: everything before them is already durable.
             for p in batch {
-                let _ = p.done.send(Ok(()));
+                let _ = p.done.send(Ok(Vec::new()));
             }
             continue;
         }
@@ -190,8 +197,11 @@ fn run(shared: &Shared, store: &dyn Store) {
         if let Err(e) = &result {
             tracing::error!(error = %e, requests = batch.len(), "store commit failed");
         }
-        for p in batch {
-            let _ = p.done.send(result.clone());
+        // Each waiter gets its own mutations back, in queue order.
+        let mut all = all.into_iter();
+        for (p, len) in batch.into_iter().zip(lens) {
+            let mine: Vec<Mutation> = all.by_ref().take(len).collect();
+            let _ = p.done.send(result.clone().map(|()| mine));
         }
     }
 }
@@ -254,6 +264,24 @@ mod tests {
         let commits = store.commits.lock().unwrap().clone();
         assert_eq!(commits.iter().sum::<usize>(), 50);
         assert!(commits.len() < 50, "expected grouping, got {commits:?}");
+        c.shutdown();
+    }
+
+    #[tokio::test]
+    async fn each_waiter_gets_its_own_mutations_back() {
+        let store = Arc::new(CountingStore::default());
+        let c = Committer::start(store.clone(), 1000).unwrap();
+        let mut waits = Vec::new();
+        for i in 0..20 {
+            let p = c.reserve().await.unwrap();
+            let mutations = (0..i % 3 + 1).map(|j| put(&format!("{i}.{j}"))).collect();
+            waits.push((i, c.submit(p, mutations)));
+        }
+        for (i, w) in waits {
+            let back = durable(w).await.unwrap();
+            let want: Vec<Mutation> = (0..i % 3 + 1).map(|j| put(&format!("{i}.{j}"))).collect();
+            assert_eq!(back, want, "request {i}");
+        }
         c.shutdown();
     }
 

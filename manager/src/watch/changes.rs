@@ -5,62 +5,96 @@ use minkube::pb::{self, TaskState};
 
 use crate::store::Mutation;
 
+/// Whether a mutation can give watchers a change (a task written or
+/// deleted); events alone belong to their task's change.
+pub fn is_watched(m: &Mutation) -> bool {
+    match m {
+        Mutation::PutTask(stored) => stored.task.is_some(),
+        Mutation::DeleteTask(_) => true,
+        _ => false,
+    }
+}
+
+/// Where a mutation's content goes: the task or the event of change `k`.
+#[derive(Clone, Copy)]
+enum Slot {
+    Task(usize),
+    Event(usize),
+    Unused,
+}
+
 /// The changes a write's mutations make, one per recorded event. A task
 /// rewritten without an event is folded into its last change of the batch.
 /// Relies on `State`: a transition pushes its `PutTask` right before its `PutEvent`.
-pub fn changes_from(mutations: &[Mutation]) -> Vec<pb::TaskChange> {
+/// Consumes the mutations: tasks and events move into the changes (a first
+/// pass over borrowed ids plans where each goes, a second moves them).
+pub fn changes_from(mutations: Vec<Mutation>) -> Vec<pb::TaskChange> {
     let mut changes: Vec<pb::TaskChange> = Vec::new();
-    let mut last: HashMap<&str, usize> = HashMap::new();
-    let mut i = 0;
-    while i < mutations.len() {
-        match &mutations[i] {
-            Mutation::PutTask(stored) => {
-                if let Some(task) = &stored.task {
-                    let event = match mutations.get(i + 1) {
-                        Some(Mutation::PutEvent { task_id, event, .. }) if *task_id == task.id => {
-                            i += 1;
-                            Some(event.as_ref().clone())
-                        }
-                        _ => None,
-                    };
-                    match (event, last.get(task.id.as_str())) {
-                        (None, Some(&k)) => changes[k].task = Some(task.clone()),
-                        (event, _) => {
-                            last.insert(&task.id, changes.len());
-                            changes.push(pb::TaskChange {
-                                task: Some(task.clone()),
-                                event,
-                                deleted: false,
-                            });
+    let mut slots = vec![Slot::Unused; mutations.len()];
+    {
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        let mut has_event: Vec<bool> = Vec::new();
+        let mut i = 0;
+        while i < mutations.len() {
+            match &mutations[i] {
+                Mutation::PutTask(stored) => {
+                    if let Some(task) = &stored.task {
+                        let paired = matches!(
+                            mutations.get(i + 1),
+                            Some(Mutation::PutEvent { task_id, .. }) if *task_id == task.id
+                        );
+                        match (paired, last.get(task.id.as_str())) {
+                            // A later version of the task replaces the earlier one.
+                            (false, Some(&k)) => slots[i] = Slot::Task(k),
+                            _ => {
+                                let k = changes.len();
+                                last.insert(&task.id, k);
+                                changes.push(pb::TaskChange::default());
+                                has_event.push(paired);
+                                slots[i] = Slot::Task(k);
+                                if paired {
+                                    slots[i + 1] = Slot::Event(k);
+                                    i += 1;
+                                }
+                            }
                         }
                     }
                 }
-            }
-            Mutation::PutEvent { task_id, event, .. } => {
-                // Not right after its task: attach it to the task's last change.
-                if let Some(&k) = last.get(task_id.as_str()) {
-                    if changes[k].event.is_none() {
-                        changes[k].event = Some(event.as_ref().clone());
+                Mutation::PutEvent { task_id, .. } => {
+                    // Not right after its task: attach it to the task's last change.
+                    if let Some(&k) = last.get(task_id.as_str()) {
+                        if !has_event[k] {
+                            has_event[k] = true;
+                            slots[i] = Slot::Event(k);
+                        }
                     }
                 }
+                Mutation::DeleteTask(id) => {
+                    last.remove(id.as_str());
+                    changes.push(pb::TaskChange {
+                        task: Some(pb::Task {
+                            id: id.clone(),
+                            ..Default::default()
+                        }),
+                        event: None,
+                        deleted: true,
+                    });
+                    has_event.push(false);
+                }
+                Mutation::PutNode(_)
+                | Mutation::PutToken(_)
+                | Mutation::DeleteToken(_)
+                | Mutation::PutJoinToken { .. } => {}
             }
-            Mutation::DeleteTask(id) => {
-                last.remove(id.as_str());
-                changes.push(pb::TaskChange {
-                    task: Some(pb::Task {
-                        id: id.clone(),
-                        ..Default::default()
-                    }),
-                    event: None,
-                    deleted: true,
-                });
-            }
-            Mutation::PutNode(_)
-            | Mutation::PutToken(_)
-            | Mutation::DeleteToken(_)
-            | Mutation::PutJoinToken { .. } => {}
+            i += 1;
         }
-        i += 1;
+    }
+    for (m, slot) in mutations.into_iter().zip(slots) {
+        match (slot, m) {
+            (Slot::Task(k), Mutation::PutTask(stored)) => changes[k].task = stored.task,
+            (Slot::Event(k), Mutation::PutEvent { event, .. }) => changes[k].event = Some(*event),
+            _ => {}
+        }
     }
     changes
 }
@@ -150,7 +184,7 @@ mod tests {
         st.insert_task(task("b"), &mut out);
         st.transition("a", TaskState::Running, "started", |_| {}, &mut out)
             .unwrap();
-        let changes = changes_from(&out);
+        let changes = changes_from(out.clone());
         use TaskState::*;
         assert_eq!(
             states(&changes),
@@ -174,7 +208,7 @@ mod tests {
         st.put_task("a", &mut out);
         st.put_task("a", &mut out);
         out.push(Mutation::PutNode(Box::default()));
-        let changes = changes_from(&out);
+        let changes = changes_from(out.clone());
         assert_eq!(changes.len(), 1);
         assert!(changes[0].event.is_none());
         assert_eq!(
@@ -187,7 +221,7 @@ mod tests {
             .unwrap();
         st.put_task("a", &mut out);
         st.remove_task("a", &mut out);
-        let changes = changes_from(&out);
+        let changes = changes_from(out.clone());
         assert_eq!(changes.len(), 2);
         assert_eq!(
             changes[0].event.as_ref().unwrap().state(),

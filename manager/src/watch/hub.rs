@@ -8,7 +8,8 @@ use minkube::pb;
 use tokio::sync::{broadcast, oneshot};
 use tokio_util::task::TaskTracker;
 
-use super::changes::changes_from;
+use super::changes::{self, changes_from};
+use crate::store::committer::Durable;
 use crate::store::{Mutation, StoreError};
 
 /// One change as broadcast: the write's sequence number and the change.
@@ -73,22 +74,20 @@ impl WatchHub {
         }
     }
 
-    /// Call under the state lock with a write's mutations. `None` (and no
-    /// work at all) when nobody watches or nothing a watcher sees changed.
+    /// Call under the state lock with a write's mutations: takes the write's
+    /// place in the publication order. `None` (and no work at all) when
+    /// nobody watches or nothing a watcher sees changed. The changes
+    /// themselves are made once the write is durable, from the mutations the
+    /// store gives back (moved, not cloned, and outside the state lock).
     pub(crate) fn prepare(&self, mutations: &[Mutation]) -> Option<Ticket> {
-        if self.inner.tx.receiver_count() == 0 {
-            return None;
-        }
-        let changes = changes_from(mutations);
-        if changes.is_empty() {
+        if self.inner.tx.receiver_count() == 0 || !mutations.iter().any(changes::is_watched) {
             return None;
         }
         let seq = self.inner.assigned.fetch_add(1, Ordering::SeqCst) + 1;
         Some(Ticket {
             inner: Arc::clone(&self.inner),
             seq,
-            changes: Some(changes),
-            durable: false,
+            changes: None,
         })
     }
 
@@ -108,25 +107,21 @@ impl WatchHub {
 pub(crate) struct Ticket {
     inner: Arc<Inner>,
     seq: u64,
+    /// Set once the write is durable.
     changes: Option<Vec<pb::TaskChange>>,
-    durable: bool,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let changes = if self.durable {
-            self.changes.take()
-        } else {
-            None
-        };
-        self.inner.settle(self.seq, changes);
+        self.inner.settle(self.seq, self.changes.take());
     }
 }
 
 impl Ticket {
-    /// Settles the ticket: publishes its changes if the write is durable.
-    fn finish(mut self, durable: bool) {
-        self.durable = durable;
+    /// Settles the ticket: publishes the write's changes if it is durable
+    /// (the store gave its mutations back), nothing if it failed.
+    fn finish(mut self, durable: Durable) {
+        self.changes = durable.ok().map(changes_from);
         drop(self);
     }
 
@@ -135,7 +130,7 @@ impl Ticket {
     /// background so watchers still see the change.
     pub(crate) async fn publish_when_durable(
         self,
-        done: oneshot::Receiver<Result<(), StoreError>>,
+        done: oneshot::Receiver<Durable>,
         tracker: &TaskTracker,
     ) -> Result<(), StoreError> {
         let mut wait = Wait {
@@ -148,16 +143,17 @@ impl Ticket {
             None => Err(StoreError::Closed),
         };
         wait.done = None;
+        let failed = result.as_ref().err().cloned();
         if let Some(t) = wait.ticket.take() {
-            t.finish(result.is_ok());
+            t.finish(result);
         }
-        result
+        failed.map_or(Ok(()), Err)
     }
 }
 
 struct Wait<'a> {
     ticket: Option<Ticket>,
-    done: Option<oneshot::Receiver<Result<(), StoreError>>>,
+    done: Option<oneshot::Receiver<Durable>>,
     tracker: &'a TaskTracker,
 }
 
@@ -167,7 +163,7 @@ impl Drop for Wait<'_> {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 self.tracker.spawn_on(
                     async move {
-                        ticket.finish(matches!(done.await, Ok(Ok(()))));
+                        ticket.finish(done.await.unwrap_or(Err(StoreError::Closed)));
                     },
                     &rt,
                 );
@@ -198,14 +194,14 @@ mod tests {
         let failed = hub.prepare(&out).unwrap();
         let tracker = TaskTracker::new();
         let (tx2, rx2) = oneshot::channel();
-        tx2.send(Ok(())).unwrap();
+        tx2.send(Ok(out.clone())).unwrap();
         second.publish_when_durable(rx2, &tracker).await.unwrap();
         assert!(rx.try_recv().is_err(), "waits for the first");
         let (tx3, rx3) = oneshot::channel();
         tx3.send(Err(StoreError::Closed)).unwrap();
         assert!(failed.publish_when_durable(rx3, &tracker).await.is_err());
         let (tx1, rx1) = oneshot::channel();
-        tx1.send(Ok(())).unwrap();
+        tx1.send(Ok(out.clone())).unwrap();
         first.publish_when_durable(rx1, &tracker).await.unwrap();
         assert_eq!(rx.try_recv().unwrap().seq, 1);
         assert_eq!(rx.try_recv().unwrap().seq, 2);
@@ -213,7 +209,7 @@ mod tests {
         // Later writes are not held up by the failed one.
         let fourth = hub.prepare(&out).unwrap();
         let (tx4, rx4) = oneshot::channel();
-        tx4.send(Ok(())).unwrap();
+        tx4.send(Ok(out.clone())).unwrap();
         fourth.publish_when_durable(rx4, &tracker).await.unwrap();
         assert_eq!(rx.try_recv().unwrap().seq, 4);
         drop(rx);
@@ -235,7 +231,7 @@ mod tests {
         let mut wait = Box::pin(wait);
         assert!(futures::poll!(wait.as_mut()).is_pending());
         drop(wait);
-        tx.send(Ok(())).unwrap();
+        tx.send(Ok(out.clone())).unwrap();
         tracker.close();
         tracker.wait().await;
         assert_eq!(rx.recv().await.unwrap().seq, 1);
