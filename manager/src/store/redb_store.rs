@@ -63,8 +63,11 @@ struct Writer {
 struct Shared {
     /// Segments waiting to be applied to the tree, oldest first.
     sealed: VecDeque<u64>,
-    /// Events (and deletions) of tasks changed in segments not yet applied.
-    pending: HashMap<String, PendingEvents>,
+    /// Events (and deletions) of tasks changed in segments not yet applied,
+    /// one map per segment, oldest first: a checkpoint drops its segment's
+    /// map whole, outside the lock, instead of walking every pending task
+    /// while commits wait for the lock.
+    pending: VecDeque<(u64, HashMap<String, PendingEvents>)>,
     stopping: bool,
     /// Why the last checkpoint failed (cleared by a success).
     checkpoint_error: Option<String>,
@@ -77,8 +80,6 @@ struct Shared {
 
 #[derive(Clone, Default)]
 struct PendingEvents {
-    /// The newest segment that changed them.
-    segment: u64,
     deleted: bool,
     events: BTreeMap<u32, pb::TaskEvent>,
 }
@@ -227,7 +228,19 @@ impl Inner {
 
     /// Remembers the events `batch` adds, for reads before the checkpoint.
     fn note_events(&self, batch: &[Mutation], seq: u64) {
+        if !batch
+            .iter()
+            .any(|m| matches!(m, Mutation::PutEvent { .. } | Mutation::DeleteTask(_)))
+        {
+            return;
+        }
         let mut shared = lock(&self.shared);
+        if shared.pending.back().is_none_or(|(s, _)| *s != seq) {
+            shared.pending.push_back((seq, HashMap::new()));
+        }
+        let Some((_, generation)) = shared.pending.back_mut() else {
+            return;
+        };
         for m in batch {
             match m {
                 Mutation::PutEvent {
@@ -235,15 +248,13 @@ impl Inner {
                     index,
                     event,
                 } => {
-                    let p = shared.pending.entry(task_id.clone()).or_default();
-                    p.segment = seq;
+                    let p = generation.entry(task_id.clone()).or_default();
                     p.events.insert(*index, event.as_ref().clone());
                 }
                 Mutation::DeleteTask(id) => {
-                    shared.pending.insert(
+                    generation.insert(
                         id.clone(),
                         PendingEvents {
-                            segment: seq,
                             deleted: true,
                             events: BTreeMap::new(),
                         },
@@ -298,11 +309,14 @@ impl Inner {
         let started = Instant::now();
         let result = self.checkpoint(seq, &mut buf);
         let mut shared = lock(&self.shared);
+        let mut applied = Vec::new();
         match &result {
             Ok(()) => {
                 shared.sealed.pop_front();
                 shared.checkpoint_error = None;
-                shared.pending.retain(|_, p| p.segment > seq);
+                while shared.pending.front().is_some_and(|(s, _)| *s <= seq) {
+                    applied.extend(shared.pending.pop_front());
+                }
                 metrics::histogram!("minkube_manager_store_checkpoint_seconds")
                     .record(started.elapsed().as_secs_f64());
             }
@@ -310,6 +324,8 @@ impl Inner {
         }
         drop(shared);
         self.changed.notify_all();
+        // Freed here, after the lock: tens of thousands of events.
+        drop(applied);
         Some(result)
     }
 
@@ -377,7 +393,7 @@ impl Inner {
                 })
             };
             if let Some(path) = make_spare {
-                match journal::prepare(&path) {
+                match journal::prepare(&path, true) {
                     Ok(()) => lock(&self.shared).spare = Some(path),
                     Err(e) => {
                         // Seals then write the next segment themselves.
@@ -419,17 +435,23 @@ impl Inner {
     fn task_events(&self, task_id: &str) -> Result<Vec<pb::TaskEvent>, StoreError> {
         // Pending first: a checkpoint between the two reads moves events
         // from pending to the tree, and both reads then see them.
-        let pending = lock(&self.shared).pending.get(task_id).cloned();
-        match pending {
-            Some(p) if p.deleted => Ok(Vec::new()),
-            Some(p) => {
-                let mut all: BTreeMap<u32, pb::TaskEvent> =
-                    (0..).zip(self.tree.task_events(task_id)?).collect();
-                all.extend(p.events);
-                Ok(all.into_values().collect())
-            }
-            None => self.tree.task_events(task_id),
+        let pending: Vec<PendingEvents> = lock(&self.shared)
+            .pending
+            .iter()
+            .filter_map(|(_, generation)| generation.get(task_id).cloned())
+            .collect();
+        if pending.is_empty() {
+            return self.tree.task_events(task_id);
         }
+        if pending.iter().any(|p| p.deleted) {
+            return Ok(Vec::new());
+        }
+        let mut all: BTreeMap<u32, pb::TaskEvent> =
+            (0..).zip(self.tree.task_events(task_id)?).collect();
+        for p in pending {
+            all.extend(p.events);
+        }
+        Ok(all.into_values().collect())
     }
 }
 

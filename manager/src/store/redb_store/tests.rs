@@ -122,6 +122,36 @@ fn events_read_the_same_before_and_after_a_checkpoint() {
 }
 
 #[test]
+fn events_spread_over_segments_read_whole_while_the_checkpointer_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = RedbStore::open(dir.path()).unwrap();
+    let seal = |s: &RedbStore| {
+        let mut w = lock(&s.inner.writer);
+        s.inner.seal(&mut w, true);
+    };
+    s.commit(&[task("t1", 1), event("t1", 0, "accepted")])
+        .unwrap();
+    s.commit(&[task("gone", 1), event("gone", 0, "x")]).unwrap();
+    seal(&s);
+    // The checkpointer may apply the sealed segment at any point from here:
+    // every read below must be the same either way.
+    s.commit(&[event("t1", 1, "scheduled")]).unwrap();
+    assert_eq!(reasons(&s, "t1"), ["accepted", "scheduled"]);
+    seal(&s);
+    s.commit(&[event("t1", 2, "running")]).unwrap();
+    s.commit(&[Mutation::DeleteTask("gone".into())]).unwrap();
+    assert_eq!(reasons(&s, "t1"), ["accepted", "scheduled", "running"]);
+    assert!(reasons(&s, "gone").is_empty());
+    s.inner.checkpoint_all(true).unwrap();
+    assert_eq!(reasons(&s, "t1"), ["accepted", "scheduled", "running"]);
+    assert!(reasons(&s, "gone").is_empty());
+    assert!(
+        lock(&s.inner.shared).pending.is_empty(),
+        "applied events are let go"
+    );
+}
+
+#[test]
 fn full_segments_are_applied_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
     let s = RedbStore::open(dir.path()).unwrap();
