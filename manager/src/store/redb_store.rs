@@ -24,8 +24,9 @@ use super::journal::{self, SegmentWriter, SEGMENT_BYTES};
 use super::{Mutation, Snapshot, Store, StoreError, StoredTask};
 
 /// Sealed segments waiting for the checkpointer before commits wait for it
-/// (bounds the journal on disk, the events kept in memory and replay time).
-const MAX_SEALED: usize = 2;
+/// (bounds the journal on disk, the events kept in memory and replay time:
+/// 16 MiB of segments).
+const MAX_SEALED: usize = 8;
 /// Pause before retrying a checkpoint that failed.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Nice value of the checkpoint thread: a checkpoint is a burst of work
@@ -47,7 +48,7 @@ struct Inner {
     shared: Mutex<Shared>,
     changed: Condvar,
     /// Held while a segment is applied (one at a time, oldest first); holds
-    /// the read buffer, kept so each 8 MiB read does not fault in fresh
+    /// the read buffer, kept so each segment's read does not fault in fresh
     /// memory.
     checkpointing: Mutex<Vec<u8>>,
 }
