@@ -252,7 +252,8 @@ fn record_key<'a>(op: &Op<'a>) -> RecordKey<'a> {
 /// of the same record are skipped (a task is put about four times in its
 /// life, usually within one checkpoint).
 fn last_versions<'a>(batch: &[Op<'a>]) -> HashMap<RecordKey<'a>, usize> {
-    let mut last = HashMap::new();
+    // At most one entry per change: no rehashing on the way.
+    let mut last = HashMap::with_capacity(batch.len());
     for (i, m) in batch.iter().enumerate() {
         let key = record_key(m);
         if key != RecordKey::None {

@@ -175,10 +175,10 @@ fn run(shared: &Shared, store: &dyn Store) {
         };
         // Moved, not cloned: each mutation holds a whole task record.
         let lens: Vec<usize> = batch.iter().map(|p| p.mutations.len()).collect();
-        let all: Vec<Mutation> = batch
-            .iter_mut()
-            .flat_map(|p| std::mem::take(&mut p.mutations))
-            .collect();
+        let mut all: Vec<Mutation> = Vec::with_capacity(lens.iter().sum());
+        for p in &mut batch {
+            all.append(&mut p.mutations);
+        }
         if all.is_empty() {
             // Only barriers: everything before them is already durable.
             for p in batch {

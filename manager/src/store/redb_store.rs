@@ -50,7 +50,7 @@ struct Inner {
     /// Held while a segment is applied (one at a time, oldest first); holds
     /// the read buffer, kept so each segment's read does not fault in fresh
     /// memory.
-    checkpointing: Mutex<Vec<u8>>,
+    checkpointing: Mutex<Scratch>,
 }
 
 struct Writer {
@@ -69,6 +69,8 @@ struct Shared {
     /// map whole, outside the lock, instead of walking every pending task
     /// while commits wait for the lock.
     pending: VecDeque<(u64, HashMap<String, PendingEvents>)>,
+    /// Number of tasks in the newest map: sizes the next one.
+    pending_tasks_last: usize,
     stopping: bool,
     /// Why the last checkpoint failed (cleared by a success).
     checkpoint_error: Option<String>,
@@ -79,10 +81,21 @@ struct Shared {
     spares_made: u64,
 }
 
+/// What one checkpoint leaves for the next: the segment read buffer and how
+/// many changes the segment held (to size the next list).
+#[derive(Default)]
+struct Scratch {
+    buf: Vec<u8>,
+    ops: usize,
+}
+
 #[derive(Clone, Default)]
 struct PendingEvents {
     deleted: bool,
-    events: BTreeMap<u32, pb::TaskEvent>,
+    /// (index, event) in commit order; a later entry for the same index
+    /// wins. A list, not a map: a task has one to a few events per segment
+    /// and a map's first node is ten times the size of one event.
+    events: Vec<(u32, pb::TaskEvent)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -117,7 +130,7 @@ impl RedbStore {
             }),
             shared: Mutex::new(Shared::default()),
             changed: Condvar::new(),
-            checkpointing: Mutex::new(Vec::new()),
+            checkpointing: Mutex::new(Scratch::default()),
         });
         let worker = Arc::clone(&inner);
         let handle = std::thread::Builder::new()
@@ -175,7 +188,7 @@ fn recover(tree: &BTree, dir: &Path) -> Result<u64, StoreError> {
     if last > done {
         let mut all = Vec::new();
         for (path, segment) in &read {
-            all.extend(segment.ops().map_err(|message| StoreError::Corrupt {
+            all.extend(segment.ops(0).map_err(|message| StoreError::Corrupt {
                 key: path.display().to_string(),
                 message,
             })?);
@@ -237,7 +250,13 @@ impl Inner {
         }
         let mut shared = lock(&self.shared);
         if shared.pending.back().is_none_or(|(s, _)| *s != seq) {
-            shared.pending.push_back((seq, HashMap::new()));
+            // Sized like the last segment's: grown by rehashing, the map
+            // was a measurable share of the commit path (copies and fresh
+            // pages).
+            let expected = shared.pending_tasks_last;
+            shared
+                .pending
+                .push_back((seq, HashMap::with_capacity(expected + expected / 8)));
         }
         let Some((_, generation)) = shared.pending.back_mut() else {
             return;
@@ -249,21 +268,32 @@ impl Inner {
                     index,
                     event,
                 } => {
-                    let p = generation.entry(task_id.clone()).or_default();
-                    p.events.insert(*index, event.as_ref().clone());
+                    let event = (*index, event.as_ref().clone());
+                    match generation.get_mut(task_id.as_str()) {
+                        Some(p) => p.events.push(event),
+                        None => {
+                            let p = PendingEvents {
+                                deleted: false,
+                                events: vec![event],
+                            };
+                            generation.insert(task_id.clone(), p);
+                        }
+                    }
                 }
                 Mutation::DeleteTask(id) => {
                     generation.insert(
                         id.clone(),
                         PendingEvents {
                             deleted: true,
-                            events: BTreeMap::new(),
+                            events: Vec::new(),
                         },
                     );
                 }
                 _ => {}
             }
         }
+        let tasks = generation.len();
+        shared.pending_tasks_last = tasks;
     }
 
     /// Hands the current segment to the checkpointer; with `reopen`, starts
@@ -305,10 +335,10 @@ impl Inner {
 
     /// Applies the oldest sealed segment; `None` when there is none.
     fn checkpoint_next(&self) -> Option<Result<(), StoreError>> {
-        let mut buf = lock(&self.checkpointing);
+        let mut scratch = lock(&self.checkpointing);
         let seq = *lock(&self.shared).sealed.front()?;
         let started = Instant::now();
-        let result = self.checkpoint(seq, &mut buf);
+        let result = self.checkpoint(seq, &mut scratch);
         let mut shared = lock(&self.shared);
         let mut applied = Vec::new();
         match &result {
@@ -330,17 +360,16 @@ impl Inner {
         Some(result)
     }
 
-    fn checkpoint(&self, seq: u64, buf: &mut Vec<u8>) -> Result<(), StoreError> {
+    fn checkpoint(&self, seq: u64, scratch: &mut Scratch) -> Result<(), StoreError> {
         let path = journal::segment_path(&self.dir, seq);
-        let segment =
-            journal::read_segment_into(&path, std::mem::take(buf)).map_err(|message| {
-                StoreError::Corrupt {
-                    key: path.display().to_string(),
-                    message,
-                }
-            })?;
-        let result = self.apply_segment(seq, &path, &segment);
-        *buf = segment.into_bytes();
+        let segment = journal::read_segment_into(&path, std::mem::take(&mut scratch.buf)).map_err(
+            |message| StoreError::Corrupt {
+                key: path.display().to_string(),
+                message,
+            },
+        )?;
+        let result = self.apply_segment(seq, &path, &segment, &mut scratch.ops);
+        scratch.buf = segment.into_bytes();
         result
     }
 
@@ -349,6 +378,7 @@ impl Inner {
         seq: u64,
         path: &Path,
         segment: &journal::Segment,
+        expected_ops: &mut usize,
     ) -> Result<(), StoreError> {
         // A sealed segment was written whole by this process; a torn tail
         // here means the file changed under us.
@@ -358,10 +388,14 @@ impl Inner {
                 message: format!("ends in an incomplete record ({tail})"),
             });
         }
-        let ops = segment.ops().map_err(|message| StoreError::Corrupt {
-            key: path.display().to_string(),
-            message,
-        })?;
+        // A little over the last segment's count: most segments are alike.
+        let ops = segment
+            .ops(*expected_ops + *expected_ops / 8)
+            .map_err(|message| StoreError::Corrupt {
+                key: path.display().to_string(),
+                message,
+            })?;
+        *expected_ops = ops.len();
         self.tree.apply(&ops, Some(seq))?;
         // The tree records the segment as applied: a file that outlives a
         // crash here is skipped at start-up.

@@ -111,8 +111,13 @@ fn events_read_the_same_before_and_after_a_checkpoint() {
     assert_eq!(reasons(&s, "gone"), ["x"]);
     s.commit(&[Mutation::DeleteTask("gone".into())]).unwrap();
     assert!(reasons(&s, "gone").is_empty());
+    // Several events of one task in one segment, one of them put twice.
+    s.commit(&[event("t1", 2, "exited"), event("t1", 3, "x")])
+        .unwrap();
+    s.commit(&[event("t1", 2, "exit 0")]).unwrap();
+    assert_eq!(reasons(&s, "t1"), ["accepted", "running", "exit 0", "x"]);
     s.inner.checkpoint_all(true).unwrap();
-    assert_eq!(reasons(&s, "t1"), ["accepted", "running"]);
+    assert_eq!(reasons(&s, "t1"), ["accepted", "running", "exit 0", "x"]);
     assert!(reasons(&s, "gone").is_empty());
     assert!(
         lock(&s.inner.shared).pending.is_empty(),
