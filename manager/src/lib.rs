@@ -14,6 +14,7 @@ pub mod introspection;
 pub mod limits;
 pub mod liveness;
 pub mod logs;
+pub mod memory;
 pub mod node_admin;
 pub mod nodes;
 pub mod pki;

@@ -36,6 +36,9 @@ fn main() -> anyhow::Result<()> {
         let _rt = rt.enter();
         minkube_common::telemetry::init(args.log_format, "minkube-manager")
     };
+    if let Err(e) = minkube_manager::memory::disable_huge_pages() {
+        tracing::warn!(error = %e, "cannot turn transparent huge pages off for the manager; the system's setting applies (latency tails may be longer)");
+    }
     let result = rt.block_on(run(args));
     // The runtime's workers still run, so the last spans can be sent.
     telemetry.shutdown();
