@@ -98,6 +98,12 @@ struct PendingEvents {
     events: Vec<(u32, pb::TaskEvent)>,
 }
 
+/// A little over `last`: sizes a segment's list or map from the previous
+/// segment's (most segments are alike).
+fn with_headroom(last: usize) -> usize {
+    last + last / 8
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -253,10 +259,10 @@ impl Inner {
             // Sized like the last segment's: grown by rehashing, the map
             // was a measurable share of the commit path (copies and fresh
             // pages).
-            let expected = shared.pending_tasks_last;
+            let capacity = with_headroom(shared.pending_tasks_last);
             shared
                 .pending
-                .push_back((seq, HashMap::with_capacity(expected + expected / 8)));
+                .push_back((seq, HashMap::with_capacity(capacity)));
         }
         let Some((_, generation)) = shared.pending.back_mut() else {
             return;
@@ -388,9 +394,8 @@ impl Inner {
                 message: format!("ends in an incomplete record ({tail})"),
             });
         }
-        // A little over the last segment's count: most segments are alike.
         let ops = segment
-            .ops(*expected_ops + *expected_ops / 8)
+            .ops(with_headroom(*expected_ops))
             .map_err(|message| StoreError::Corrupt {
                 key: path.display().to_string(),
                 message,
