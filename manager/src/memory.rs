@@ -2,12 +2,10 @@
 //! transparent huge pages.
 //!
 //! With huge pages, the first touch of each 2 MiB region zeroes all of it in
-//! the page fault, regions the allocator gives back are zeroed again when
-//! reused, and the allocator's `madvise` calls to ask for them take the
-//! process's memory-map lock that every page fault needs. A request that
-//! meets one of these waits: under a burst of CreateTasks the zeroing alone
-//! was a tenth of the manager's CPU, and p99 latency halved without huge
-//! pages. They would save a few percent of CPU in long saturated runs (fewer
+//! the page fault, and regions the allocator gives back are zeroed again
+//! when reused. A request that meets one of these waits: under a burst of
+//! CreateTasks the zeroing was a tenth of the manager's CPU, and p99
+//! latency halved without huge pages. They would save a few percent of CPU in long saturated runs (fewer
 //! TLB misses), which is not worth the tail for a control plane. The
 //! allocator is built not to ask for them (mimalloc's `no_thp`); this also
 //! covers systems where they are on for every process.
