@@ -29,6 +29,10 @@ use super::{
 /// OOM events without a following die (a child process was killed) must not
 /// pile up forever.
 const MAX_REMEMBERED_OOMS: usize = 1024;
+/// Exit code of a process killed by SIGKILL (what the OOM killer sends).
+const SIGKILL_EXIT: i32 = 137;
+/// How long a SIGKILLed container's state gets to show an OOM kill.
+const LATE_OOM_WAIT: Duration = Duration::from_millis(100);
 
 /// The Docker daemon, reached through `DOCKER_HOST` or the local socket.
 #[derive(Clone)]
@@ -306,6 +310,17 @@ impl Runtime for DockerRuntime {
 
 /// One Docker event as a runtime event; `None` for events that only update
 /// local knowledge (oom) or are not minkube's.
+/// Whether the engine marks the container as killed for memory.
+async fn marked_oom_killed(docker: &Docker, container_id: &str) -> bool {
+    docker
+        .inspect_container(container_id, None)
+        .await
+        .ok()
+        .and_then(|r| r.state)
+        .and_then(|s| s.oom_killed)
+        .unwrap_or(false)
+}
+
 async fn translate_event(
     docker: &Docker,
     ooms: &Mutex<HashSet<String>>,
@@ -345,8 +360,13 @@ async fn translate_event(
                 .remove(&container_id);
             if !oom_killed && exit_code != 0 {
                 // The oom event is not ordered before die; the state is authoritative.
-                if let Ok(r) = docker.inspect_container(&container_id, None).await {
-                    oom_killed = r.state.and_then(|s| s.oom_killed).unwrap_or(false);
+                oom_killed = marked_oom_killed(docker, &container_id).await;
+                if !oom_killed && exit_code == SIGKILL_EXIT {
+                    // The engine handles the kernel's OOM notice apart from
+                    // the exit and may mark the container a moment after
+                    // reporting the death: look once more, for kills only.
+                    tokio::time::sleep(LATE_OOM_WAIT).await;
+                    oom_killed = marked_oom_killed(docker, &container_id).await;
                 }
             }
             EventKind::Died {
