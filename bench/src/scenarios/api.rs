@@ -288,5 +288,59 @@ pub async fn storage(ctx: &Ctx) -> anyhow::Result<Section> {
         manager.startup < Duration::from_secs(10),
     );
     manager.stop()?;
+    retention_pass(ctx, &mut sec, &data, &dir, tasks).await?;
     Ok(sec)
+}
+
+/// The manager restarted on the same store with the cap on finished tasks
+/// lowered by 30%: how long its retention takes to delete the surplus, and
+/// how ListTasks is served meanwhile.
+async fn retention_pass(
+    ctx: &Ctx,
+    sec: &mut Section,
+    data: &std::path::Path,
+    dir: &std::path::Path,
+    tasks: usize,
+) -> anyhow::Result<()> {
+    let keep = tasks - tasks * 3 / 10;
+    let cap = keep.to_string();
+    let manager = Manager::start(
+        &ctx.bin_dir,
+        data,
+        dir,
+        &["--max-finished-tasks", &cap, "--retention", "8760h"],
+    )
+    .await?;
+    let mut client = manager.client().await?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(120);
+    let mut lat = Vec::new();
+    loop {
+        for _ in 0..20 {
+            let req = pb::ListTasksRequest {
+                page_size: 100,
+                states: vec![pb::TaskState::Completed as i32],
+                ..Default::default()
+            };
+            let t = Instant::now();
+            client.list_tasks(req).await?;
+            lat.push(t.elapsed());
+        }
+        if manager.metric_sum("minkube_manager_tasks").await? <= keep as f64 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "retention had not brought {tasks} tasks down to {keep} after 120 s"
+        );
+    }
+    sec.info(
+        &format!("retention: restart with the cap at {keep}, until {keep} are left"),
+        format!("{:.1} s", started.elapsed().as_secs_f64()),
+    );
+    sec.info(
+        "ListTasks (page of 100) meanwhile",
+        Latencies::new(lat).summary(),
+    );
+    Ok(())
 }
