@@ -104,8 +104,8 @@ impl Sweep {
         self.done
     }
 
-    /// What the pass chose: every expired task, then past the cap the
-    /// oldest finished first.
+    /// What the pass chose: past the cap the oldest finished, oldest
+    /// first, then every expired task.
     pub fn into_ids(self) -> Vec<String> {
         let from_cap = self.over_cap.saturating_sub(self.expired.len());
         let mut by_age = self.oldest.into_sorted_vec();
@@ -116,8 +116,8 @@ impl Sweep {
     }
 }
 
-/// Deletes those of `ids` that are still stored and finished (a user may
-/// have deleted one since the pass looked); returns how many.
+/// Deletes those of `ids` that are still stored and finished (the state
+/// changed while the pass looked); returns how many.
 pub fn delete(st: &mut State, ids: &[String], out: &mut Vec<Mutation>) -> usize {
     let mut n = 0;
     for id in ids {
