@@ -4,7 +4,7 @@
 //! ~0.5 KB instead of ~1.4 KB a task, so a million finished tasks fit in
 //! well under a gigabyte while lists and watches still never touch the disk.
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -23,6 +23,28 @@ pub struct TaskTable {
     map: BTreeMap<String, Slot>,
     /// Node ids of finished tasks, shared: a node runs many tasks.
     node_ids: HashSet<Arc<str>>,
+    /// Ids of the [`Slot::Live`] tasks, in id order: lists of unfinished
+    /// states (RUNNING tasks, what is left on a node being drained) walk
+    /// these, not a million finished tasks under the state lock.
+    live: BTreeSet<String>,
+    /// Finished tasks per node: COMPLETED, FAILED. Counts a list by node
+    /// without walking them.
+    finished_on: HashMap<Arc<str>, [u64; 2]>,
+}
+
+/// What the indexes hold of a slot.
+enum Indexed {
+    Live,
+    Finished { node_id: Arc<str>, state: TaskState },
+}
+
+/// Place of a finished state in [`TaskTable::finished_on`]'s counts.
+fn finished_index(state: TaskState) -> Option<usize> {
+    match state {
+        TaskState::Completed => Some(0),
+        TaskState::Failed => Some(1),
+        _ => None,
+    }
 }
 
 /// One task as the table keeps it.
@@ -79,6 +101,16 @@ impl Slot {
         match self {
             Slot::Live(e) => Some(Cow::Borrowed(e)),
             Slot::Finished(f) => f.decode().map(Cow::Owned),
+        }
+    }
+
+    fn indexed(&self) -> Indexed {
+        match self {
+            Slot::Live(_) => Indexed::Live,
+            Slot::Finished(f) => Indexed::Finished {
+                node_id: Arc::clone(&f.node_id),
+                state: f.state,
+            },
         }
     }
 
@@ -167,7 +199,44 @@ impl TaskTable {
         } else {
             Slot::Live(Box::new(entry))
         };
-        self.map.insert(id, slot);
+        let indexed = slot.indexed();
+        if let Some(old) = self.map.insert(id.clone(), slot) {
+            self.unindex(&id, old.indexed());
+        }
+        self.index(id, indexed);
+    }
+
+    fn index(&mut self, id: String, what: Indexed) {
+        match what {
+            Indexed::Live => {
+                self.live.insert(id);
+            }
+            Indexed::Finished { node_id, state } => {
+                if let Some(i) = finished_index(state) {
+                    let n = &mut self.finished_on.entry(node_id).or_default()[i];
+                    *n = n.saturating_add(1);
+                }
+            }
+        }
+    }
+
+    fn unindex(&mut self, id: &str, what: Indexed) {
+        match what {
+            Indexed::Live => {
+                self.live.remove(id);
+            }
+            Indexed::Finished { node_id, state } => {
+                let Some(counts) = self.finished_on.get_mut(&node_id) else {
+                    return;
+                };
+                if let Some(i) = finished_index(state) {
+                    counts[i] = counts[i].saturating_sub(1);
+                }
+                if *counts == [0, 0] {
+                    self.finished_on.remove(&node_id);
+                }
+            }
+        }
     }
 
     /// Turns a task that just finished into its compact form.
@@ -180,13 +249,18 @@ impl TaskTable {
                 // Taken, not cloned: the entry is consumed by its encoding.
                 let entry = std::mem::take(&mut **e);
                 *slot = Slot::Finished(compact(&mut self.node_ids, entry));
+                let indexed = slot.indexed();
+                self.unindex(id, Indexed::Live);
+                self.index(id.to_string(), indexed);
             }
         }
     }
 
     /// Removes a task.
     pub fn remove(&mut self, id: &str) -> Option<Slot> {
-        self.map.remove(id)
+        let slot = self.map.remove(id)?;
+        self.unindex(id, slot.indexed());
+        Some(slot)
     }
 
     /// Every task in id order.
@@ -203,6 +277,25 @@ impl TaskTable {
     /// Every task id in order.
     pub fn keys(&self) -> impl Iterator<Item = &String> {
         self.map.keys()
+    }
+
+    /// The unfinished ([`Slot::Live`]) tasks after `after` (exclusive), in
+    /// id order; every task in a state other than COMPLETED or FAILED is
+    /// among them.
+    pub fn live_after(&self, after: Option<&str>) -> impl Iterator<Item = (&String, &Slot)> {
+        let start = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_string()));
+        self.live
+            .range::<String, _>((start, Bound::Unbounded))
+            .filter_map(|id| self.map.get_key_value(id))
+    }
+
+    /// Number of compact (finished) tasks in `state` whose last attempt ran on
+    /// `node_id`; 0 for a state other than COMPLETED or FAILED.
+    pub fn finished_on(&self, node_id: &str, state: TaskState) -> u64 {
+        let (Some(i), Some(counts)) = (finished_index(state), self.finished_on.get(node_id)) else {
+            return 0;
+        };
+        counts[i]
     }
 }
 
@@ -313,5 +406,52 @@ mod tests {
         assert_eq!(t.slot("b").unwrap().state(), TaskState::Failed);
         assert!(t.remove("a").is_some() && !t.contains_key("a"));
         assert_eq!(t.len(), 1);
+    }
+
+    fn live_ids(t: &TaskTable, after: Option<&str>) -> Vec<String> {
+        t.live_after(after).map(|(id, _)| id.clone()).collect()
+    }
+
+    #[test]
+    fn indexes_follow_inserts_finishes_replacements_and_removals() {
+        use TaskState::{Completed, Failed, Pending, Running};
+        let mut t = TaskTable::default();
+        t.insert(entry("a", Running, "n1"));
+        t.insert(entry("b", Completed, "n1"));
+        t.insert(entry("c", Failed, "n2"));
+        t.insert(entry("d", Pending, ""));
+        assert_eq!(live_ids(&t, None), ["a", "d"]);
+        assert_eq!(live_ids(&t, Some("a")), ["d"]);
+        let counts = |t: &TaskTable| {
+            [
+                ("n1", Completed),
+                ("n1", Failed),
+                ("n2", Completed),
+                ("n2", Failed),
+            ]
+            .map(|(n, s)| t.finished_on(n, s))
+        };
+        assert_eq!(counts(&t), [1, 0, 0, 1]);
+        assert_eq!(t.finished_on("n1", Running), 0);
+
+        let a = t.get_mut("a").unwrap();
+        a.task.status.as_mut().unwrap().set_state(Completed);
+        t.finish("a");
+        assert_eq!(live_ids(&t, None), ["d"]);
+        assert_eq!(counts(&t), [2, 0, 0, 1]);
+
+        t.insert(entry("b", Running, "n2")); // replaced by an unfinished one
+        assert_eq!(live_ids(&t, None), ["b", "d"]);
+        assert_eq!(counts(&t), [1, 0, 0, 1]);
+        t.insert(entry("d", Failed, "n2")); // replaced by a finished one
+        assert_eq!(live_ids(&t, None), ["b"]);
+        assert_eq!(counts(&t), [1, 0, 0, 2]);
+
+        for id in ["a", "b", "c", "d", "unknown"] {
+            t.remove(id);
+        }
+        assert!(t.is_empty() && live_ids(&t, None).is_empty());
+        assert_eq!(counts(&t), [0; 4]);
+        assert!(t.finished_on.is_empty(), "no node keeps an empty count");
     }
 }

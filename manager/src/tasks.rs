@@ -18,6 +18,15 @@ pub struct TaskFilter {
 }
 
 impl TaskFilter {
+    /// Only unfinished states asked for: no finished task can match.
+    fn unfinished_only(&self) -> bool {
+        !self.states.is_empty()
+            && self
+                .states
+                .iter()
+                .all(|s| !minkube_common::state_machine::is_terminal(*s))
+    }
+
     fn matches(&self, t: &Slot) -> bool {
         (self.states.is_empty() || self.states.contains(&t.state()))
             && self.node_id.as_ref().is_none_or(|n| t.node_id() == n)
@@ -116,7 +125,12 @@ impl Cluster {
         let after = (!page_token.is_empty()).then_some(page_token);
         let mut tasks = Vec::with_capacity(size);
         let mut has_next = false;
-        for (_, t) in st.tasks.after(after) {
+        let candidates: Box<dyn Iterator<Item = (&String, &Slot)>> = if filter.unfinished_only() {
+            Box::new(st.tasks.live_after(after))
+        } else {
+            Box::new(st.tasks.after(after))
+        };
+        for (_, t) in candidates {
             if !filter.matches(t) {
                 continue;
             }
@@ -126,16 +140,31 @@ impl Cluster {
             }
             tasks.extend(t.to_task());
         }
-        let total_count = if filter.states.is_empty() && filter.node_id.is_none() {
-            st.tasks.len()
-        } else if filter.node_id.is_none() {
-            let mut states = filter.states.clone();
-            states.sort_unstable();
-            states.dedup();
-            let n: u64 = states.iter().map(|s| st.count_in(*s)).sum();
-            usize::try_from(n).unwrap_or(usize::MAX)
-        } else {
-            st.tasks.iter().filter(|(_, t)| filter.matches(t)).count()
+        let total_count = match &filter.node_id {
+            None if filter.states.is_empty() => st.tasks.len(),
+            None => {
+                let mut states = filter.states.clone();
+                states.sort_unstable();
+                states.dedup();
+                let n: u64 = states.iter().map(|s| st.count_in(*s)).sum();
+                usize::try_from(n).unwrap_or(usize::MAX)
+            }
+            // Finished tasks are counted per node; only unfinished ones are walked.
+            Some(node_id) => {
+                let finished: u64 = [TaskState::Completed, TaskState::Failed]
+                    .into_iter()
+                    .filter(|s| filter.states.is_empty() || filter.states.contains(s))
+                    .map(|s| st.tasks.finished_on(node_id, s))
+                    .sum();
+                let live = st
+                    .tasks
+                    .live_after(None)
+                    .filter(|(_, t)| filter.matches(t))
+                    .count();
+                usize::try_from(finished)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(live)
+            }
         };
         let next_page_token = if has_next {
             tasks.last().map(|t| t.id.clone()).unwrap_or_default()
@@ -304,6 +333,78 @@ mod tests {
         let (_, events) = c.get_task(&ids[0]).await.unwrap();
         assert_eq!(events.len(), 1);
         assert!(c.get_task("nope").await.is_err());
+        c.shutdown(std::time::Duration::from_secs(1)).await;
+    }
+
+    /// A task loaded as if from the store, in `state` on `node`.
+    fn stored(state: TaskState, node: &str) -> crate::store::StoredTask {
+        crate::store::StoredTask {
+            task: Some(pb::Task {
+                id: uuid::Uuid::now_v7().to_string(),
+                spec: Some(spec("t")),
+                status: Some(pb::TaskStatus {
+                    state: state as i32,
+                    node_id: node.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn lists_served_from_indexes_match_a_walk_of_every_task() {
+        use TaskState::{Completed, Failed, Pending, Running, Scheduled};
+        let dir = tempfile::tempdir().unwrap();
+        let c = cluster(dir.path()).await;
+        {
+            let mut st = c.lock();
+            for i in 0..300usize {
+                let state = [Completed, Running, Failed, Completed, Scheduled, Pending][i * 7 % 6];
+                let node = match state {
+                    Pending => "",
+                    _ => ["n1", "n2", "n1"][i % 3],
+                };
+                st.load_task(stored(state, node), Vec::new());
+            }
+        }
+        let state_sets: [&[TaskState]; 7] = [
+            &[],
+            &[Running],
+            &[Scheduled, Running],
+            &[Pending],
+            &[Completed],
+            &[Failed, Running],
+            &[Completed, Failed, Completed],
+        ];
+        for states in state_sets {
+            for node in [None, Some("n1"), Some("n2"), Some("elsewhere")] {
+                let filter = TaskFilter {
+                    states: states.to_vec(),
+                    node_id: node.map(str::to_string),
+                };
+                let want: Vec<String> = c
+                    .lock()
+                    .tasks
+                    .iter()
+                    .filter(|(_, t)| filter.matches(t))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                let mut got = Vec::new();
+                let mut token = String::new();
+                loop {
+                    let p = c.list_tasks(&filter, 7, &token).unwrap();
+                    assert_eq!(p.total_count, want.len() as u64, "{filter:?}");
+                    got.extend(p.tasks.into_iter().map(|t| t.id));
+                    if !p.has_next {
+                        break;
+                    }
+                    token = p.next_page_token;
+                }
+                assert_eq!(got, want, "{filter:?}");
+            }
+        }
         c.shutdown(std::time::Duration::from_secs(1)).await;
     }
 }
