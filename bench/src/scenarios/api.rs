@@ -12,6 +12,7 @@ use crate::manager::Manager;
 use crate::procstat::mib;
 use crate::report::Section;
 use crate::stats::Latencies;
+use minkube::client::ControlClient;
 
 /// CreateTask from 1,000 concurrent clients, no agents: the API,
 /// validation, the state machine and the durable store, nothing else.
@@ -203,7 +204,8 @@ pub async fn storage(ctx: &Ctx) -> anyhow::Result<Section> {
         format!(
             "{tasks} COMPLETED tasks with 4 events each written to the embedded store, then the \
              manager started on it (--max-finished-tasks above that); {pages} ListTasks pages of \
-             100, one after another, half unfiltered and half filtered by state."
+             100, one after another, half unfiltered and half filtered by state; then 100 lists \
+             that none of them matches."
         ),
     );
     let dir = ctx.dir("storage")?;
@@ -273,6 +275,7 @@ pub async fn storage(ctx: &Ctx) -> anyhow::Result<Section> {
         "p99 < 5 ms",
         lat.pct(99.0) < Duration::from_millis(5),
     );
+    selective_lists(&mut sec, &mut client).await?;
     let s = manager.sample()?;
     sec.check(
         "manager RSS",
@@ -290,6 +293,46 @@ pub async fn storage(ctx: &Ctx) -> anyhow::Result<Section> {
     manager.stop()?;
     retention_pass(ctx, &mut sec, &data, &dir, tasks).await?;
     Ok(sec)
+}
+
+/// Lists that few or none of the stored tasks match: RUNNING tasks, and the
+/// count of tasks still on a node that `minkube node drain --wait` polls.
+async fn selective_lists(sec: &mut Section, client: &mut ControlClient) -> anyhow::Result<()> {
+    let calls = 100;
+    let active = vec![
+        pb::TaskState::Scheduled as i32,
+        pb::TaskState::Running as i32,
+    ];
+    let mut lat = Vec::with_capacity(calls);
+    for i in 0..calls {
+        let req = pb::ListTasksRequest {
+            page_size: if i % 2 == 0 { 100 } else { 1 },
+            page_token: String::new(),
+            states: active.clone(),
+            node: if i % 2 == 0 {
+                String::new()
+            } else {
+                "seeded-node".into()
+            },
+        };
+        let t = Instant::now();
+        let page = client.list_tasks(req).await?.into_inner();
+        lat.push(t.elapsed());
+        ensure!(
+            page.tasks.is_empty() && page.total_count == 0,
+            "{} tasks listed ({} counted) where none is running",
+            page.tasks.len(),
+            page.total_count
+        );
+    }
+    let lat = Latencies::new(lat);
+    sec.check(
+        "ListTasks matching none of them (SCHEDULED or RUNNING; on a node, page of 1, as a drain polls)",
+        lat.summary(),
+        "p99 < 5 ms",
+        lat.pct(99.0) < Duration::from_millis(5),
+    );
+    Ok(())
 }
 
 /// The manager restarted on the same store with the cap on finished tasks
