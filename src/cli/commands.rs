@@ -165,19 +165,27 @@ pub async fn get(s: &Session, id: &str, out: Output) -> Result<String, CliError>
     })
 }
 
-/// Puts the pages of a paged listing together.
+/// Puts the pages of a paged listing together; whether more follow is the
+/// last page's word.
 fn merge_task_pages(pages: Vec<ListTasksResponse>) -> ListTasksResponse {
-    let total_count = pages.last().map_or(0, |p| p.total_count);
+    let Some(last) = pages.last() else {
+        return ListTasksResponse::default();
+    };
+    let (total_count, has_next) = (last.total_count, last.has_next);
+    let next_page_token = last.next_page_token.clone();
     ListTasksResponse {
         tasks: pages.into_iter().flat_map(|p| p.tasks).collect(),
-        next_page_token: String::new(),
+        next_page_token,
         total_count,
-        has_next: false,
+        has_next,
     }
 }
 
-/// `minkube ps`: one page, or every page with --all.
+/// `minkube ps`: the first `--limit` tasks, or every one with --all. Pages
+/// are fetched until that many are in (a page of a selective filter can be
+/// short: the manager looks at a bounded number of tasks per call).
 pub async fn ps(s: &Session, a: &PsArgs, out: Output) -> Result<String, CliError> {
+    let limit = usize::try_from(a.limit).unwrap_or(usize::MAX);
     let mut req = ListTasksRequest {
         page_size: a.limit,
         page_token: String::new(),
@@ -185,25 +193,29 @@ pub async fn ps(s: &Session, a: &PsArgs, out: Output) -> Result<String, CliError
         node: a.node.clone().unwrap_or_default(),
     };
     let mut client = s.client.clone();
-    let first = s.call(client.list_tasks(req.clone())).await?;
-    let resp = if a.all {
-        let mut pages = vec![first];
-        while let Some(last) = pages
-            .last()
-            .filter(|p| p.has_next && !p.next_page_token.is_empty())
-        {
-            if last.next_page_token == req.page_token {
-                return Err(CliError::Malformed(
-                    "new page token (the same page was returned twice)",
-                ));
-            }
-            req.page_token = last.next_page_token.clone();
-            pages.push(s.call(client.list_tasks(req.clone())).await?);
+    let mut pages = vec![s.call(client.list_tasks(req.clone())).await?];
+    let mut have = pages[0].tasks.len();
+    while let Some(last) = pages
+        .last()
+        .filter(|p| p.has_next && !p.next_page_token.is_empty())
+    {
+        if !a.all && have >= limit {
+            break;
         }
-        merge_task_pages(pages)
-    } else {
-        first
-    };
+        if last.next_page_token == req.page_token {
+            return Err(CliError::Malformed(
+                "new page token (the same page was returned twice)",
+            ));
+        }
+        req.page_token = last.next_page_token.clone();
+        if !a.all {
+            req.page_size = u32::try_from(limit - have).unwrap_or(a.limit);
+        }
+        let page = s.call(client.list_tasks(req.clone())).await?;
+        have += page.tasks.len();
+        pages.push(page);
+    }
+    let resp = merge_task_pages(pages);
     Ok(match out {
         Output::Json => pretty(&json::task_list(&resp)),
         Output::Table => {
@@ -324,5 +336,13 @@ mod tests {
         assert_eq!(merged.total_count, 3);
         assert!(!merged.has_next);
         assert!(merged.next_page_token.is_empty());
+        let first_only = merge_task_pages(vec![ListTasksResponse {
+            tasks: vec![t("a")],
+            next_page_token: "a".into(),
+            total_count: 9,
+            has_next: true,
+        }]);
+        assert!(first_only.has_next && first_only.next_page_token == "a");
+        assert_eq!(merge_task_pages(Vec::new()), ListTasksResponse::default());
     }
 }

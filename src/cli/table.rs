@@ -119,7 +119,8 @@ pub fn tasks(tasks: &[Task], now: &Timestamp) -> String {
 
 /// The line under a partial `ps` listing.
 pub fn ps_footer(shown: usize, total: u64, has_next: bool) -> Option<String> {
-    has_next.then(|| format!("showing {shown} of {total} (more: --all)"))
+    let shown_all = u64::try_from(shown).is_ok_and(|n| n >= total);
+    (has_next && !shown_all).then(|| format!("showing {shown} of {total} (more: --all)"))
 }
 
 /// A size given in MiB, short: "512MB" below 1 GiB, else "39.1GB".
@@ -311,6 +312,8 @@ mod tests {
             Some("showing 100 of 2345 (more: --all)")
         );
         assert_eq!(ps_footer(3, 3, false), None);
+        // The last page looked at stopped short of the end, but holds all.
+        assert_eq!(ps_footer(3, 3, true), None);
     }
 
     #[test]
