@@ -389,10 +389,11 @@ mod tests {
         {
             let mut st = c.lock();
             for i in 0..300usize {
-                let state = [Completed, Running, Failed, Completed, Scheduled, Pending][i * 7 % 6];
+                let state = [Completed, Running, Failed, Completed, Scheduled, Pending][i % 6];
+                // Every state on both nodes, n1 twice as often.
                 let node = match state {
                     Pending => "",
-                    _ => ["n1", "n2", "n1"][i % 3],
+                    _ => ["n1", "n2", "n1"][i / 6 % 3],
                 };
                 st.load_task(stored(state, node), Vec::new());
             }
