@@ -50,6 +50,12 @@ impl Section {
         self.push(metric, value.into(), target.into(), Some(met));
     }
 
+    /// A latency figure whose target is its p99 below `limit_ms`.
+    pub fn check_p99(&mut self, metric: &str, lat: &crate::stats::Latencies, limit_ms: u64) {
+        let met = lat.pct(99.0) < std::time::Duration::from_millis(limit_ms);
+        self.check(metric, lat.summary(), &format!("p99 < {limit_ms} ms"), met);
+    }
+
     fn push(&mut self, metric: &str, value: String, target: String, met: Option<bool>) {
         let verdict = match met {
             Some(true) => "  [met]",

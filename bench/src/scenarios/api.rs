@@ -60,12 +60,7 @@ pub async fn create_load(ctx: &Ctx) -> anyhow::Result<Section> {
         ">= 20,000/s (>= 19,800 measured: the last answers stretch the run)",
         achieved >= 19_800.0,
     );
-    sec.check(
-        "CreateTask latency at 20,000/s offered",
-        lat.summary(),
-        "p99 < 20 ms",
-        lat.pct(99.0) < Duration::from_millis(20),
-    );
+    sec.check_p99("CreateTask latency at 20,000/s offered", &lat, 20);
     sec.info(
         "manager CPU per 1,000 requests",
         format!(
@@ -269,12 +264,7 @@ pub async fn storage(ctx: &Ctx) -> anyhow::Result<Section> {
         sec.info(label, Latencies::new(lat).summary());
     }
     let lat = Latencies::new(all);
-    sec.check(
-        "ListTasks, page of 100 (both)",
-        lat.summary(),
-        "p99 < 5 ms",
-        lat.pct(99.0) < Duration::from_millis(5),
-    );
+    sec.check_p99("ListTasks, page of 100 (both)", &lat, 5);
     selective_lists(&mut sec, &mut client).await?;
     let s = manager.sample()?;
     sec.check(
@@ -328,12 +318,7 @@ async fn selective_lists(sec: &mut Section, client: &mut ControlClient) -> anyho
         );
     }
     let lat = Latencies::new(lat);
-    sec.check(
-        "ListTasks matching none of them (SCHEDULED or RUNNING; the same on a node, page of 1, as a drain polls; FAILED on a node)",
-        lat.summary(),
-        "p99 < 5 ms",
-        lat.pct(99.0) < Duration::from_millis(5),
-    );
+    sec.check_p99("ListTasks matching none of them (SCHEDULED or RUNNING; the same on a node, page of 1, as a drain polls; FAILED on a node)", &lat, 5);
     Ok(())
 }
 

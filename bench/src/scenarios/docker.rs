@@ -234,11 +234,10 @@ pub async fn real_docker(ctx: &Ctx) -> anyhow::Result<Section> {
         "<= 1.15",
         ratio <= 1.15,
     );
-    sec.check(
+    sec.check_p99(
         "container exit -> watcher (10 tasks ending 300 ms apart)",
-        exits.summary(),
-        "p99 < 100 ms",
-        exits.pct(99.0) < Duration::from_millis(100),
+        &exits,
+        100,
     );
     sec.info(
         "container exit -> watcher (during the 100-task burst)",

@@ -176,20 +176,8 @@ pub async fn offered_load(ctx: &Ctx) -> anyhow::Result<Section> {
         "{} tasks were never seen RUNNING",
         j.missing
     );
-    let p99 = j.to_running.pct(99.0);
-    sec.check(
-        "submit -> RUNNING latency",
-        j.to_running.summary(),
-        "p99 < 50 ms",
-        p99 < Duration::from_millis(50),
-    );
-    let exit_p99 = j.exit_to_watcher.pct(99.0);
-    sec.check(
-        "container exit -> watcher",
-        j.exit_to_watcher.summary(),
-        "p99 < 10 ms",
-        exit_p99 < Duration::from_millis(10),
-    );
+    sec.check_p99("submit -> RUNNING latency", &j.to_running, 50);
+    sec.check_p99("container exit -> watcher", &j.exit_to_watcher, 10);
     // Where the tail comes from: the durable write every change waits for,
     // or the CPU queueing around it.
     let commits = manager
