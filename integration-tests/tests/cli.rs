@@ -1,7 +1,7 @@
 //! The `minkube` CLI's outputs, and paging of ListTasks.
 #![allow(clippy::unwrap_used)]
 
-use minkube::pb::{ListTasksRequest, TaskState};
+use minkube::pb::{CreateTaskRequest, ListTasksRequest, TaskState};
 use minkube_integration_tests::image::RUN_LABEL;
 use minkube_integration_tests::{Cluster, WAIT};
 use serde_json::Value;
@@ -211,4 +211,77 @@ async fn list_tasks_pages() {
         .await;
     assert_eq!(running.total_count, 0);
     assert!(running.tasks.is_empty());
+}
+
+/// More tasks than the manager looks at in one ListTasks call (16,384).
+const PAST_ONE_CALL: usize = 16_500;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ps_follows_short_pages_of_a_selective_filter() {
+    // No agents: every task stays PENDING but the two stopped at the end.
+    let cluster = Cluster::builder()
+        .manager_flag("--rate-limit", "0")
+        .start()
+        .await;
+    let client = cluster.control().await;
+    let spec = cluster.spec("many", &["true"]);
+    let workers = 16;
+    let mut handles = Vec::new();
+    for w in 0..workers {
+        let mut c = client.clone();
+        let spec = spec.clone();
+        handles.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in (w..PAST_ONE_CALL).step_by(workers) {
+                let req = CreateTaskRequest {
+                    spec: Some(spec.clone()),
+                };
+                let task = c.create_task(req).await.unwrap().into_inner().task.unwrap();
+                ids.push(task.id);
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for h in handles {
+        ids.extend(h.await.unwrap());
+    }
+    ids.sort();
+    let last_two = &ids[ids.len() - 2..];
+    for id in last_two {
+        cluster.stop(id).await;
+    }
+
+    // The API: the first call looks at 16,384 tasks, finds none, says more may follow.
+    let first = cluster
+        .list(ListTasksRequest {
+            page_size: 5,
+            states: vec![TaskState::Completed as i32],
+            ..Default::default()
+        })
+        .await;
+    assert!(first.tasks.is_empty(), "{:?}", first.tasks);
+    assert!(first.has_next && !first.next_page_token.is_empty());
+    assert_eq!(first.total_count, 2);
+
+    // The CLI follows the pages until it has what was asked for.
+    let out = cluster
+        .cli_ok(&["ps", "--state", "completed", "--limit", "5"])
+        .await;
+    for id in last_two {
+        assert!(out.contains(id.as_str()), "ps lists {id}: {out}");
+    }
+    assert!(
+        !out.contains("more: --all"),
+        "nothing is left to show: {out}"
+    );
+    let listed = cluster
+        .cli_json(&["ps", "--state", "completed", "--all"])
+        .await;
+    assert_eq!(
+        listed["tasks"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
+    assert_eq!(listed["has_next"], false, "{listed}");
 }
