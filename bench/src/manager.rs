@@ -146,16 +146,13 @@ impl Manager {
 
     /// Sum of a counter (all label sets) on /metrics.
     pub async fn metric_sum(&self, name: &str) -> anyhow::Result<f64> {
-        Ok(self
-            .scrape()
-            .await?
-            .lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum())
+        self.metric_sum_with(name, "").await
+    }
+
+    /// Sum of a counter over the label sets that hold `label` (written as
+    /// on /metrics: `direction="in"`); an empty `label` holds for all.
+    pub async fn metric_sum_with(&self, name: &str, label: &str) -> anyhow::Result<f64> {
+        Ok(sum_of(&self.scrape().await?, name, label))
     }
 
     /// A histogram's cumulative buckets from `/metrics`: (upper bound in
@@ -230,5 +227,43 @@ pub async fn client(addr: &str) -> anyhow::Result<ControlClient> {
 impl Drop for Manager {
     fn drop(&mut self) {
         let _ = self.stop();
+    }
+}
+
+/// Sum of the samples of counter `name` in a /metrics text whose label set
+/// holds `label` (all of them for an empty `label`).
+fn sum_of(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let labels = match rest.strip_prefix('{') {
+                Some(r) => r.split_once('}')?.0,
+                None if rest.starts_with(' ') => "",
+                None => return None,
+            };
+            let held = label.is_empty() || labels.split(',').any(|kv| kv == label);
+            held.then(|| l.rsplit(' ').next()?.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sum_of;
+
+    #[test]
+    fn counters_are_summed_over_the_label_sets_asked_for() {
+        let text = "\
+# TYPE m counter
+m{direction=\"in\",kind=\"status\"} 5
+m{direction=\"in\",kind=\"ack\"} 2
+m{direction=\"out\",kind=\"assignment\"} 3
+m_other 100
+m 1
+";
+        assert_eq!(sum_of(text, "m", ""), 11.0);
+        assert_eq!(sum_of(text, "m", "direction=\"in\""), 7.0);
+        assert_eq!(sum_of(text, "m", "kind=\"assignment\""), 3.0);
+        assert_eq!(sum_of(text, "m", "kind=\"none\""), 0.0);
     }
 }

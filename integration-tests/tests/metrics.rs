@@ -141,6 +141,21 @@ async fn admin_endpoint_health_and_moving_metrics() {
             &[("direction", "out"), ("kind", "assignment")]
         ) >= 2.0
     );
+    // What the agent sent: its Hello, and each task's reports.
+    assert!(
+        value(
+            &after,
+            "minkube_manager_stream_messages_total",
+            &[("direction", "in"), ("kind", "hello")]
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            &after,
+            "minkube_manager_stream_messages_total",
+            &[("direction", "in"), ("kind", "status")]
+        ) >= 2.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -31,6 +31,10 @@ pub async fn open_session(
         .map_err(|s| {
             ManagerError::Protocol(format!("stream failed before Hello: {}", s.message()))
         })?;
+    if let Some(m) = &first {
+        metrics::counter!("minkube_manager_stream_messages_total", "direction" => "in", "kind" => inbound_kind(m))
+            .increment(1);
+    }
     let node_id = match first.and_then(|m| m.msg) {
         Some(Msg::Hello(h)) => h.node_id,
         _ => {
@@ -104,6 +108,8 @@ async fn read_loop(
                 return Ok(());
             }
         };
+        metrics::counter!("minkube_manager_stream_messages_total", "direction" => "in", "kind" => inbound_kind(&msg))
+            .increment(1);
         let stats = match &mut msg.msg {
             Some(Msg::Heartbeat(h)) => h.stats.take(),
             _ => None,
@@ -133,5 +139,17 @@ async fn read_loop(
                 tracing::warn!(node_id, "repeated Hello ignored");
             }
         }
+    }
+}
+
+/// The `kind` label of an agent's message in the stream message counter.
+fn inbound_kind(msg: &pb::AgentMessage) -> &'static str {
+    match &msg.msg {
+        Some(Msg::Hello(_)) => "hello",
+        Some(Msg::Heartbeat(_)) => "heartbeat",
+        Some(Msg::Status(_)) => "status",
+        Some(Msg::Ack(_)) => "ack",
+        Some(Msg::Logs(_)) => "logs",
+        None => "empty",
     }
 }

@@ -63,7 +63,7 @@ pub async fn throughput(ctx: &Ctx) -> anyhow::Result<Section> {
     let mut watcher = Watcher::start(&manager.addr()).await?;
     let before = manager.sample()?;
     let bench_before = crate::procstat::sample(std::process::id())?;
-    let msgs_before = manager.metric_sum(STREAM_MESSAGES).await?;
+    let msgs_before = stream_messages(&manager).await?;
 
     let load = load::closed_loop(&manager.addr(), callers, connections, tasks, |i| {
         load::spec(&format!("t{i}"), SIM_IMAGE, &[])
@@ -82,7 +82,7 @@ pub async fn throughput(ctx: &Ctx) -> anyhow::Result<Section> {
         .await?;
     let after = manager.sample()?;
     let bench_after = crate::procstat::sample(std::process::id())?;
-    let msgs_after = manager.metric_sum(STREAM_MESSAGES).await?;
+    let msgs_after = stream_messages(&manager).await?;
     let seen = watcher.finish().await?;
     let j = join(&load.ok, &seen);
     ensure!(
@@ -125,9 +125,15 @@ pub async fn throughput(ctx: &Ctx) -> anyhow::Result<Section> {
             (bench_after.cpu - bench_before.cpu).as_secs_f64() / (tasks as f64 / 1000.0)
         ),
     );
+    let per_task = |i: usize| (msgs_after[i] - msgs_before[i]) / tasks as f64;
     sec.info(
         "stream messages per task (both directions)",
-        format!("{:.2}", (msgs_after - msgs_before) / tasks as f64),
+        format!(
+            "{:.2} (down {:.2}, up {:.2})",
+            per_task(0) + per_task(1),
+            per_task(0),
+            per_task(1)
+        ),
     );
     fleet.stop().await;
     manager.stop()?;
@@ -243,4 +249,16 @@ pub async fn idle_agents(ctx: &Ctx) -> anyhow::Result<Section> {
     fleet.stop().await;
     manager.stop()?;
     Ok(sec)
+}
+
+/// Messages on the agent streams so far: down (to agents), up (from them).
+async fn stream_messages(manager: &Manager) -> anyhow::Result<[f64; 2]> {
+    Ok([
+        manager
+            .metric_sum_with(STREAM_MESSAGES, "direction=\"out\"")
+            .await?,
+        manager
+            .metric_sum_with(STREAM_MESSAGES, "direction=\"in\"")
+            .await?,
+    ])
 }
