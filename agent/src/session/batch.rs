@@ -1,6 +1,8 @@
 //! Batching of reconciler output: whatever is queued goes up as one
 //! StatusBatch, so bursts cost few messages while a lone update leaves at
 //! once.
+use std::collections::HashMap;
+
 use minkube::pb::{self, agent_message};
 use tokio::sync::mpsc;
 
@@ -36,8 +38,14 @@ pub(super) async fn collect(
 
 /// Turns a batch into stream messages, keeping the order: consecutive
 /// updates share one StatusBatch, acks go alone. Full-sync snapshots of
-/// other sessions are stale and dropped.
+/// other sessions are stale and dropped, and so is what a later item of
+/// the batch supersedes (see [`superseded`]).
 pub(super) fn to_messages(batch: Vec<Outbound>, session: u64) -> Vec<pb::AgentMessage> {
+    let drop = superseded(&batch);
+    let batch = batch
+        .into_iter()
+        .zip(drop)
+        .filter_map(|(item, dropped)| (!dropped).then_some(item));
     let mut out = Vec::new();
     let mut updates = Vec::new();
     let flush = |updates: &mut Vec<pb::TaskStatusUpdate>, out: &mut Vec<pb::AgentMessage>| {
@@ -68,17 +76,87 @@ pub(super) fn to_messages(batch: Vec<Outbound>, session: u64) -> Vec<pb::AgentMe
     out
 }
 
+/// Which items of a batch say nothing that a later item of the same
+/// attempt does not say too; leaving them out spares the manager a message
+/// or a write (a task's history keeps every state it was in):
+/// - an Ack followed by an update: the agent records an assignment before
+///   it reports on it, so the update confirms the record as well;
+/// - an update followed by one in the same state, or a SCHEDULED one (a
+///   progress note: "preparing", "pulling image") followed by any: each
+///   update carries every fact known so far (container, ports, start time).
+///
+/// RUNNING followed by COMPLETED or FAILED keeps both: the task ran.
+fn superseded(batch: &[Outbound]) -> Vec<bool> {
+    let mut dropped = vec![false; batch.len()];
+    if batch.len() < 2 {
+        return dropped;
+    }
+    // Walking back: the state of the next update kept for each attempt.
+    let mut next: HashMap<(&str, u32), i32> = HashMap::new();
+    for (i, item) in batch.iter().enumerate().rev() {
+        match item {
+            Outbound::Update(u) => {
+                let key = (u.task_id.as_str(), u.attempt);
+                match next.get(&key) {
+                    Some(&later) if u.state == later || u.state == SCHEDULED => dropped[i] = true,
+                    _ => {
+                        next.insert(key, u.state);
+                    }
+                }
+            }
+            Outbound::Ack(a) => dropped[i] = next.contains_key(&(a.task_id.as_str(), a.attempt)),
+            Outbound::FullSync { .. } => {}
+        }
+    }
+    dropped
+}
+
+const SCHEDULED: i32 = pb::TaskState::Scheduled as i32;
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// An update of a task of its own.
     fn update(seq: u64) -> Outbound {
+        report(&format!("t{seq}"), 1, pb::TaskState::Running, seq)
+    }
+
+    fn report(task_id: &str, attempt: u32, state: pb::TaskState, seq: u64) -> Outbound {
         Outbound::Update(pb::TaskStatusUpdate {
-            task_id: "t".into(),
+            task_id: task_id.into(),
+            attempt,
             sequence: seq,
+            state: state as i32,
             ..Default::default()
         })
+    }
+
+    fn ack_of(task_id: &str, attempt: u32) -> Outbound {
+        Outbound::Ack(pb::Ack {
+            task_id: task_id.into(),
+            attempt,
+        })
+    }
+
+    /// What goes up: `ack task/attempt` or `task/attempt state seq`.
+    fn sent(batch: Vec<Outbound>) -> Vec<String> {
+        to_messages(batch, 1)
+            .into_iter()
+            .flat_map(|m| match m.msg.unwrap() {
+                agent_message::Msg::Status(b) => b
+                    .updates
+                    .iter()
+                    .map(|u| {
+                        let state = minkube::convert::task_state_name(u.state());
+                        format!("{}/{} {state} {}", u.task_id, u.attempt, u.sequence)
+                    })
+                    .collect(),
+                agent_message::Msg::Ack(a) => vec![format!("ack {}/{}", a.task_id, a.attempt)],
+                other => vec![format!("{other:?}")],
+            })
+            .collect()
     }
 
     fn ack() -> Outbound {
@@ -115,6 +193,65 @@ mod tests {
             2,
         );
         assert_eq!(kinds(&msgs), vec!["status1", "ack", "status3"]);
+    }
+
+    #[test]
+    fn an_ack_followed_by_a_report_of_its_attempt_is_left_out() {
+        use pb::TaskState::Scheduled;
+        assert_eq!(
+            sent(vec![ack_of("a", 1), report("a", 1, Scheduled, 1)]),
+            vec!["a/1 scheduled 1"]
+        );
+        // A report of another attempt or task, or one that came first,
+        // does not confirm this assignment.
+        assert_eq!(
+            sent(vec![
+                report("a", 1, Scheduled, 1),
+                ack_of("a", 2),
+                report("b", 2, Scheduled, 1),
+                ack_of("a", 1),
+            ]),
+            vec!["a/1 scheduled 1", "ack a/2", "b/2 scheduled 1", "ack a/1"]
+        );
+        assert_eq!(sent(vec![ack_of("a", 1)]), vec!["ack a/1"]);
+    }
+
+    #[test]
+    fn superseded_reports_are_left_out_but_every_state_the_task_was_in_stays() {
+        use pb::TaskState::{Completed, Failed, Running, Scheduled};
+        // A burst of a quick task: the progress note and the ack go.
+        assert_eq!(
+            sent(vec![
+                ack_of("a", 1),
+                report("a", 1, Scheduled, 1),
+                report("b", 1, Running, 7),
+                report("a", 1, Running, 2),
+                report("a", 1, Completed, 3),
+            ]),
+            vec!["b/1 running 7", "a/1 running 2", "a/1 completed 3"]
+        );
+        // The same state twice: the later one carries every fact.
+        assert_eq!(
+            sent(vec![report("a", 1, Running, 4), report("a", 1, Running, 5)]),
+            vec!["a/1 running 5"]
+        );
+        // Notes while preparing, then a failure before it ran.
+        assert_eq!(
+            sent(vec![
+                report("a", 1, Scheduled, 1),
+                report("a", 1, Scheduled, 2),
+                report("a", 1, Failed, 3),
+            ]),
+            vec!["a/1 failed 3"]
+        );
+        // A new attempt is a task of its own here.
+        assert_eq!(
+            sent(vec![
+                report("a", 1, Running, 4),
+                report("a", 2, Scheduled, 5)
+            ]),
+            vec!["a/1 running 4", "a/2 scheduled 5"]
+        );
     }
 
     #[tokio::test(start_paused = true)]
