@@ -14,7 +14,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures::StreamExt;
 
-use super::{join, Ctx};
+use super::Ctx;
 use crate::load;
 use crate::manager::Manager;
 use crate::procstat::{self, mib};
@@ -108,7 +108,7 @@ async fn clean(docker: &Docker, run: &str, tag: &str) {
 }
 
 /// One direct run: create, start, wait for the exit (what `docker run` does).
-async fn direct_run(docker: &Docker, image: &str, run: &str, i: usize) -> anyhow::Result<()> {
+async fn direct_run(docker: &Docker, image: &str, run: &str, i: String) -> anyhow::Result<String> {
     let body = ContainerCreateBody {
         image: Some(image.to_string()),
         cmd: Some(vec!["true".to_string()]),
@@ -124,21 +124,89 @@ async fn direct_run(docker: &Docker, image: &str, run: &str, i: usize) -> anyhow
     while let Some(r) = wait.next().await {
         r?;
     }
-    Ok(())
+    Ok(id)
 }
 
-/// 100 `true` tasks through minkube, then 100 direct runs.
+/// `n` `true` tasks through minkube, all submitted at once: from the first
+/// submission to the watcher seeing the last one finished, and each task's
+/// container exit -> watcher.
+async fn minkube_burst(
+    addr: &str,
+    image: &str,
+    run: &str,
+    round: usize,
+    n: usize,
+) -> anyhow::Result<(Duration, Vec<Duration>)> {
+    let mut watcher = Watcher::start(addr).await?;
+    let (image, label) = (image.to_string(), run.to_string());
+    let load = load::closed_loop(addr, n, 1, n, move |i| {
+        let mut s = load::spec(&format!("d{round}-{i}"), &image, &["true"]);
+        s.labels.insert(RUN_LABEL.to_string(), label.clone());
+        s
+    })
+    .await?;
+    ensure!(
+        load.errors == 0,
+        "CreateTask failed: {}",
+        load.first_error.clone().unwrap_or_default()
+    );
+    watcher
+        .wait(Duration::from_secs(120), "every task finished", |p| {
+            p.finished >= n
+        })
+        .await?;
+    let seen = watcher.finish().await?;
+    let first = load.ok.iter().map(|s| s.sent).min().context("no task")?;
+    let last = seen
+        .values()
+        .filter_map(|s| s.finished)
+        .max()
+        .context("none finished")?;
+    let exits = seen.values().filter_map(|s| s.exit_to_watcher).collect();
+    Ok((last.saturating_duration_since(first), exits))
+}
+
+/// The same `n` containers run directly, all at once; removed afterwards,
+/// so each round starts with the engine as the previous one left it.
+async fn direct_burst(
+    docker: &Docker,
+    image: &str,
+    run: &str,
+    round: usize,
+    n: usize,
+) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let runs = (0..n).map(|i| direct_run(docker, image, run, format!("{round}-{i}")));
+    let mut ids = Vec::new();
+    for r in futures::future::join_all(runs).await {
+        ids.push(r.context("direct run")?);
+    }
+    let elapsed = t.elapsed();
+    let rm = RemoveContainerOptionsBuilder::default().force(true).build();
+    let removals = ids
+        .iter()
+        .map(|id| docker.remove_container(id, Some(rm.clone())));
+    futures::future::join_all(removals).await;
+    Ok(elapsed)
+}
+
+/// Rounds of `n` `true` tasks through minkube, then the same `n` containers
+/// run directly. The engine's own pace drifts from minute to minute on a
+/// shared machine (the same build measured 0.97 and 1.17 in one pair of
+/// single-round runs), so the check is on the median round.
 pub async fn real_docker(ctx: &Ctx) -> anyhow::Result<Section> {
     let n = 100;
+    let rounds = ctx.size(3, 1);
     let run = format!("{}", std::process::id());
     let tag = format!("minkube-bench:{run}");
     let mut sec = Section::new(
         "Real Docker: 100 short tasks",
         "minkube-bench docker",
         format!(
-            "{n} tasks running `true` in a local busybox image, all submitted at once, one real \
-             agent; then the same {n} containers run directly through the Docker API (create, \
-             start, wait) all at once, as the agent does (it does not cap parallel starts). Then 10 \
+            "{rounds} rounds of: {n} tasks running `true` in a local busybox image, all submitted \
+             at once, one real agent; then the same {n} containers run directly through the \
+             Docker API (create, start, wait) all at once, as the agent does (it does not cap \
+             parallel starts), and removed. The check is on the median round. Then 10 \
              tasks running `sleep 2`, submitted 300 ms apart, for the exit latency of tasks that \
              end one by one."
         ),
@@ -158,33 +226,15 @@ pub async fn real_docker(ctx: &Ctx) -> anyhow::Result<Section> {
         )?;
         let mut control = manager.client().await?;
         crate::hollow::wait_ready(&mut control, 1, Duration::from_secs(60)).await?;
-        let mut watcher = Watcher::start(&manager.addr()).await?;
-        let (image, label) = (tag.clone(), run.clone());
-        let load = load::closed_loop(&manager.addr(), n, 1, n, move |i| {
-            let mut s = load::spec(&format!("d{i}"), &image, &["true"]);
-            s.labels.insert(RUN_LABEL.to_string(), label.clone());
-            s
-        })
-        .await?;
-        ensure!(
-            load.errors == 0,
-            "CreateTask failed: {}",
-            load.first_error.clone().unwrap_or_default()
-        );
-        watcher
-            .wait(Duration::from_secs(120), "every task finished", |p| {
-                p.finished >= n
-            })
-            .await?;
-        let seen = watcher.finish().await?;
-        let first = load.ok.iter().map(|s| s.sent).min().context("no task")?;
-        let last = seen
-            .values()
-            .filter_map(|s| s.finished)
-            .max()
-            .context("none finished")?;
-        let through_minkube = last.saturating_duration_since(first);
-        let burst_exits = join(&load.ok, &seen).exit_to_watcher;
+        let mut results = Vec::new();
+        let mut burst_exits = Vec::new();
+        for round in 0..rounds {
+            let (minkube, exits) = minkube_burst(&manager.addr(), &tag, &run, round, n).await?;
+            burst_exits.extend(exits);
+            let direct = direct_burst(&docker, &tag, &run, round, n).await?;
+            results.push((minkube, direct));
+        }
+        let burst_exits = Latencies::new(burst_exits);
 
         // Exit latency outside a burst: tasks that end one by one.
         let mut watcher = Watcher::start(&manager.addr()).await?;
@@ -207,32 +257,39 @@ pub async fn real_docker(ctx: &Ctx) -> anyhow::Result<Section> {
         let seen = watcher.finish().await?;
         let exits = Latencies::new(seen.values().filter_map(|s| s.exit_to_watcher).collect());
         manager.stop()?;
-
-        let t = Instant::now();
-        let runs = (0..n).map(|i| direct_run(&docker, &tag, &run, i));
-        for r in futures::future::join_all(runs).await {
-            r.context("direct run")?;
-        }
-        let direct = t.elapsed();
-        anyhow::Ok((through_minkube, direct, burst_exits, exits))
+        anyhow::Ok((results, burst_exits, exits))
     }
     .await;
     clean(&docker, &run, &tag).await;
-    let (through_minkube, direct, burst_exits, exits) = result?;
-    let ratio = through_minkube.as_secs_f64() / direct.as_secs_f64();
+    let (results, burst_exits, exits) = result?;
+    let secs = |d: Duration| format!("{:.2} s", d.as_secs_f64());
+    let list = |f: &dyn Fn(&(Duration, Duration)) -> String| {
+        results.iter().map(f).collect::<Vec<_>>().join(", ")
+    };
     sec.info(
-        "through minkube, submit -> all COMPLETED",
-        format!("{:.2} s", through_minkube.as_secs_f64()),
+        "through minkube, submit -> all COMPLETED (each round)",
+        list(&|(m, _)| secs(*m)),
     );
     sec.info(
-        "direct Docker API, same containers",
-        format!("{:.2} s", direct.as_secs_f64()),
+        "direct Docker API, same containers (each round)",
+        list(&|(_, d)| secs(*d)),
     );
+    let mut ratios: Vec<f64> = results
+        .iter()
+        .map(|(m, d)| m.as_secs_f64() / d.as_secs_f64())
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN);
+    let each = ratios
+        .iter()
+        .map(|r| format!("{r:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     sec.check(
-        "ratio minkube / direct",
-        format!("{ratio:.2}"),
+        "ratio minkube / direct, median of the rounds",
+        format!("{median:.2} (rounds, sorted: {each})"),
         "<= 1.15",
-        ratio <= 1.15,
+        median <= 1.15,
     );
     sec.check_p99(
         "container exit -> watcher (10 tasks ending 300 ms apart)",
