@@ -265,7 +265,13 @@ impl LocalStore {
         let bytes = prost::Message::encode_to_vec(rec);
         self.change(|inner| {
             inner.journal.put(&bytes)?;
-            inner.live.insert(rec.task_id().to_string(), bytes);
+            // In place when the task has a record: no new key, no new node.
+            match inner.live.get_mut(rec.task_id()) {
+                Some(old) => *old = bytes,
+                None => {
+                    inner.live.insert(rec.task_id().to_string(), bytes);
+                }
+            }
             Ok(())
         })
     }
@@ -284,21 +290,21 @@ impl LocalStore {
 
     fn change(&self, apply: impl FnOnce(&mut Inner) -> io::Result<()>) -> Result<(), StoreError> {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let path = journal::path(&self.root);
         if inner.rewrite {
             inner.journal = Journal::write_fresh(&self.root, &inner.live)?;
             inner.rewrite = false;
         }
         if let Err(e) = apply(&mut inner) {
             inner.rewrite = true;
-            return Err(io_err("append to", &path)(e));
+            return Err(io_err("append to", &journal::path(&self.root))(e));
         }
         if inner.journal.entries() > 2 * inner.live.len() + REWRITE_SLACK {
             match Journal::write_fresh(&self.root, &inner.live) {
                 Ok(j) => inner.journal = j,
                 // The current file is still whole: keep appending to it.
                 Err(e) => {
-                    warn!(path = %path.display(), error = %e, "cannot compact the task journal")
+                    let path = journal::path(&self.root);
+                    warn!(path = %path.display(), error = %e, "cannot compact the task journal");
                 }
             }
         }
