@@ -41,11 +41,11 @@ pub(super) async fn collect(
 /// other sessions are stale and dropped, and so is what a later item of
 /// the batch supersedes (see [`superseded`]).
 pub(super) fn to_messages(batch: Vec<Outbound>, session: u64) -> Vec<pb::AgentMessage> {
-    let drop = superseded(&batch);
+    let left_out = superseded(&batch);
     let batch = batch
         .into_iter()
-        .zip(drop)
-        .filter_map(|(item, dropped)| (!dropped).then_some(item));
+        .zip(left_out)
+        .filter_map(|(item, out)| (!out).then_some(item));
     let mut out = Vec::new();
     let mut updates = Vec::new();
     let flush = |updates: &mut Vec<pb::TaskStatusUpdate>, out: &mut Vec<pb::AgentMessage>| {
