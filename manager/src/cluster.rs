@@ -30,6 +30,9 @@ pub struct ClusterConfig {
     pub session_buffer: usize,
     /// Writes that may wait for the store at once.
     pub max_pending_writes: usize,
+    /// How long a commit waits for company under heavy load (see
+    /// [`crate::store::committer`]); zero commits at once.
+    pub commit_delay: Duration,
     /// A READY node silent this long becomes DOWN.
     pub node_timeout: Duration,
     /// A node not READY this long since its last message is lost: its tasks
@@ -54,6 +57,7 @@ impl Default for ClusterConfig {
             heartbeat_interval: Duration::from_secs(5),
             session_buffer: 1024,
             max_pending_writes: 16 * 1024,
+            commit_delay: Duration::from_millis(1),
             node_timeout: Duration::from_secs(15),
             reconnect_grace: Duration::from_secs(60),
             retry: RetryTimings {
@@ -103,7 +107,11 @@ impl Cluster {
             waiting = state.unplaced.len(),
             "state loaded"
         );
-        let committer = Committer::start(Arc::clone(&store), config.max_pending_writes)?;
+        let committer = Committer::start(
+            Arc::clone(&store),
+            config.max_pending_writes,
+            config.commit_delay,
+        )?;
         let cluster = Arc::new(Self {
             config,
             store,

@@ -90,6 +90,7 @@ impl Manager {
             retention: args.retention,
             join_token_ttl: (!args.join_token_ttl.is_zero()).then_some(args.join_token_ttl),
             max_finished_tasks: args.max_finished_tasks,
+            commit_delay: args.commit_delay,
             allowed_host_access: args.allowed_host_access(),
             ..ClusterConfig::default()
         };

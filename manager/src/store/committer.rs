@@ -4,6 +4,7 @@
 //! requests share one fsync; idle, a request pays exactly one.
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -11,6 +12,50 @@ use super::{Mutation, Store, StoreError};
 
 /// Most requests merged into one transaction; bounds a transaction's size.
 const MAX_REQUESTS_PER_COMMIT: usize = 4096;
+
+/// Requests per second above which a commit waits (the manager's
+/// `--commit-delay`, 1 ms by default) for more requests to join it: at
+/// this rate ten or more join in a millisecond. A sync costs the same CPU
+/// however many requests share it (on a VM mostly the exit to the host),
+/// so under heavy load fewer, larger groups leave more CPU for the
+/// requests themselves, at the price of the delay. Below this rate
+/// nothing waits.
+const BUSY_RATE: f64 = 10_000.0;
+
+/// How often the arrival rate is re-measured.
+const RATE_WINDOW: Duration = Duration::from_millis(10);
+
+/// Measures the rate at which requests reach the writer, over windows of
+/// [`RATE_WINDOW`], to tell whether the next commit should wait.
+struct Load {
+    window_start: Instant,
+    requests: usize,
+    busy: bool,
+}
+
+impl Load {
+    fn new(now: Instant) -> Self {
+        Self {
+            window_start: now,
+            requests: 0,
+            busy: false,
+        }
+    }
+
+    /// Counts `n` requests taken at `now`; whether the next commit waits.
+    fn note(&mut self, n: usize, now: Instant) -> bool {
+        self.requests += n;
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= RATE_WINDOW {
+            #[allow(clippy::cast_precision_loss)] // a count of requests
+            let rate = self.requests as f64 / elapsed.as_secs_f64();
+            self.busy = rate >= BUSY_RATE;
+            self.window_start = now;
+            self.requests = 0;
+        }
+        self.busy
+    }
+}
 
 /// A reserved place in the commit queue (see [`Committer::reserve`]).
 pub struct CommitPermit(OwnedSemaphorePermit);
@@ -47,7 +92,13 @@ pub struct Committer {
 impl Committer {
     /// Starts the writer thread. At most `max_in_flight` requests wait at once;
     /// further writers wait in [`Committer::reserve`] (back-pressure, bounded memory).
-    pub fn start(store: Arc<dyn Store>, max_in_flight: usize) -> Result<Self, StoreError> {
+    /// Under heavy load a commit first waits `delay` for company (see
+    /// [`BUSY_RATE`]); zero never waits.
+    pub fn start(
+        store: Arc<dyn Store>,
+        max_in_flight: usize,
+        delay: Duration,
+    ) -> Result<Self, StoreError> {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
@@ -55,7 +106,7 @@ impl Committer {
         let worker = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("minkube-store".into())
-            .spawn(move || run(&worker, store.as_ref()))
+            .spawn(move || run(&worker, store.as_ref(), delay))
             .map_err(|e| StoreError::Backend {
                 op: "start writer thread",
                 message: e.to_string(),
@@ -160,7 +211,9 @@ pub async fn durable(rx: oneshot::Receiver<Durable>) -> Durable {
     rx.await.unwrap_or(Err(StoreError::Closed))
 }
 
-fn run(shared: &Shared, store: &dyn Store) {
+fn run(shared: &Shared, store: &dyn Store, delay: Duration) {
+    let mut load = Load::new(Instant::now());
+    let mut busy = false;
     loop {
         let mut batch: Vec<Pending> = {
             let mut q = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
@@ -170,9 +223,15 @@ fn run(shared: &Shared, store: &dyn Store) {
             if q.items.is_empty() {
                 return; // closed and drained
             }
+            if busy && !delay.is_zero() && !q.closed && q.items.len() < MAX_REQUESTS_PER_COMMIT {
+                drop(q);
+                std::thread::sleep(delay);
+                q = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            }
             let n = q.items.len().min(MAX_REQUESTS_PER_COMMIT);
             q.items.drain(..n).collect()
         };
+        busy = load.note(batch.len(), Instant::now());
         // Moved, not cloned: each mutation holds a whole task record.
         let lens: Vec<usize> = batch.iter().map(|p| p.mutations.len()).collect();
         let mut all: Vec<Mutation> = Vec::with_capacity(lens.iter().sum());
@@ -186,7 +245,7 @@ fn run(shared: &Shared, store: &dyn Store) {
             }
             continue;
         }
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let result = store.commit(&all);
         metrics::histogram!("minkube_manager_store_commit_seconds")
             .record(started.elapsed().as_secs_f64());
@@ -249,10 +308,28 @@ mod tests {
         }))
     }
 
+    #[test]
+    fn commits_wait_for_company_only_while_requests_arrive_fast() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut load = Load::new(t0);
+        // 60 requests in 10 ms: 6,000/s, below the busy rate.
+        assert!(!load.note(30, at(5)));
+        assert!(!load.note(30, at(10)));
+        // 150 in the next 10 ms: 15,000/s. The verdict holds for a window.
+        assert!(!load.note(50, at(15)), "decided only at the window's end");
+        assert!(load.note(100, at(20)));
+        assert!(load.note(1, at(25)));
+        // A quiet window (1 + 10 in 10 ms) ends the waiting.
+        assert!(!load.note(10, at(30)));
+        // A long pause counts as one slow window, however large the group.
+        assert!(!load.note(500, at(1_000)));
+    }
+
     #[tokio::test]
     async fn concurrent_requests_share_transactions() {
         let store = Arc::new(CountingStore::default());
-        let c = Committer::start(store.clone(), 1000).unwrap();
+        let c = Committer::start(store.clone(), 1000, Duration::from_millis(1)).unwrap();
         let mut waits = Vec::new();
         for i in 0..50 {
             let p = c.reserve().await.unwrap();
@@ -270,7 +347,7 @@ mod tests {
     #[tokio::test]
     async fn each_waiter_gets_its_own_mutations_back() {
         let store = Arc::new(CountingStore::default());
-        let c = Committer::start(store.clone(), 1000).unwrap();
+        let c = Committer::start(store.clone(), 1000, Duration::from_millis(1)).unwrap();
         let mut waits = Vec::new();
         for i in 0..20 {
             let p = c.reserve().await.unwrap();
@@ -288,7 +365,7 @@ mod tests {
     #[tokio::test]
     async fn shutdown_drains_then_refuses() {
         let store = Arc::new(CountingStore::default());
-        let c = Committer::start(store.clone(), 10).unwrap();
+        let c = Committer::start(store.clone(), 10, Duration::from_millis(1)).unwrap();
         let p = c.reserve().await.unwrap();
         let w = c.submit(p, vec![put("a")]);
         c.shutdown();
@@ -300,7 +377,7 @@ mod tests {
     #[tokio::test]
     async fn flushed_waits_for_earlier_writes() {
         let store = Arc::new(CountingStore::default());
-        let c = Committer::start(store.clone(), 10).unwrap();
+        let c = Committer::start(store.clone(), 10, Duration::from_millis(1)).unwrap();
         let p = c.reserve().await.unwrap();
         let w = c.submit(p, vec![put("a")]);
         c.flushed().await.unwrap();
