@@ -37,6 +37,9 @@ struct Container {
 #[derive(Default)]
 struct Sim {
     containers: HashMap<String, Container>,
+    /// Container ids by task: the agent lists a task's containers before
+    /// each start, and a hollow agent keeps every finished one.
+    by_task: HashMap<String, Vec<String>>,
     /// Due exits, earliest first: (when, container id).
     exits: BinaryHeap<Reverse<(Instant, String)>>,
     /// Events not yet read by the event stream.
@@ -203,6 +206,10 @@ impl Runtime for SimulatedRuntime {
             started_at: None,
             finished_at: None,
         };
+        sim.by_task
+            .entry(info.task_id.clone())
+            .or_default()
+            .push(id.clone());
         sim.containers
             .insert(id.clone(), Container { info, node_id });
         self.start(&mut sim, &id)
@@ -224,6 +231,12 @@ impl Runtime for SimulatedRuntime {
         let Some(mut c) = sim.containers.remove(container_id) else {
             return Ok(None);
         };
+        if let Some(ids) = sim.by_task.get_mut(&c.info.task_id) {
+            ids.retain(|id| id != container_id);
+            if ids.is_empty() {
+                sim.by_task.remove(&c.info.task_id);
+            }
+        }
         if c.info.status.is_live() {
             c.info.exit_code = Some(STOPPED_EXIT_CODE);
             sim.events.push_back(RuntimeEvent {
@@ -244,9 +257,17 @@ impl Runtime for SimulatedRuntime {
     async fn list(&self, filter: &ContainerFilter) -> Result<Vec<ContainerRef>, RuntimeError> {
         let mut sim = self.sim();
         Self::fire_due_exits(&mut sim);
-        Ok(sim
-            .containers
-            .values()
+        let of_task: Box<dyn Iterator<Item = &Container>> = match &filter.task_id {
+            Some(task) => Box::new(
+                sim.by_task
+                    .get(task)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|id| sim.containers.get(id)),
+            ),
+            None => Box::new(sim.containers.values()),
+        };
+        Ok(of_task
             .filter(|c| c.node_id == filter.node_id)
             .filter(|c| filter.task_id.as_ref().is_none_or(|t| *t == c.info.task_id))
             .filter(|c| filter.attempt.is_none_or(|a| a == c.info.attempt))
@@ -383,6 +404,53 @@ mod tests {
                 .unwrap(),
             None
         );
+    }
+
+    #[tokio::test]
+    async fn a_task_lists_its_own_containers_until_they_are_removed() {
+        let rt = SimulatedRuntime::new(None);
+        let first = rt.create_and_start(&spec("t1")).await.unwrap();
+        let mut next = spec("t1");
+        next.labels
+            .insert(labels::ATTEMPT.to_string(), "3".to_string());
+        let second = rt.create_and_start(&next).await.unwrap();
+        let other = rt.create_and_start(&spec("t2")).await.unwrap();
+        let ids = |filter: ContainerFilter| {
+            let rt = rt.clone();
+            async move {
+                let mut ids: Vec<String> = rt
+                    .list(&filter)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|c| c.id)
+                    .collect();
+                ids.sort();
+                ids
+            }
+        };
+        assert_eq!(
+            ids(ContainerFilter::task("n1", "t1")).await,
+            vec![first.id.clone(), second.id.clone()]
+        );
+        assert_eq!(
+            ids(ContainerFilter::attempt("n1", "t1", 3)).await,
+            vec![second.id.clone()]
+        );
+        assert!(ids(ContainerFilter::task("n2", "t1")).await.is_empty());
+        assert_eq!(ids(ContainerFilter::node("n1")).await.len(), 3);
+        rt.stop_and_remove(&first.id, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(
+            ids(ContainerFilter::task("n1", "t1")).await,
+            vec![second.id.clone()]
+        );
+        rt.stop_and_remove(&second.id, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(ids(ContainerFilter::task("n1", "t1")).await.is_empty());
+        assert_eq!(ids(ContainerFilter::task("n1", "t2")).await, vec![other.id]);
     }
 
     #[tokio::test]
