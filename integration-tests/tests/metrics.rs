@@ -176,6 +176,8 @@ async fn agent_admin_endpoint_reports_docker_calls_and_host() {
     .await;
     assert_eq!(value(&m, "minkube_agent_running_containers", &[]), 1.0);
     assert_eq!(value(&m, "minkube_agent_connected", &[]), 1.0);
+    // The assignment's record was synced before its container was made.
+    assert!(value(&m, "minkube_agent_store_syncs_total", &[]) >= 1.0);
     assert!(
         value(
             &m,

@@ -7,7 +7,8 @@
 //! ```
 //!
 //! A change costs one append and one `fdatasync`, where a file per record
-//! cost a new file, two fsyncs and a rename. The file is rewritten with only
+//! cost a new file, two fsyncs and a rename; changes staged one after
+//! another share one `fdatasync`. The file is rewritten with only
 //! the live records (temp file, fsync, rename) at start-up and whenever
 //! superseded entries outnumber live ones. A crash can only cut short the
 //! last record, which was never acknowledged: it is dropped.
@@ -123,6 +124,8 @@ pub(super) struct Journal {
     /// Entries in the file; compared with the live count to decide a rewrite.
     entries: usize,
     buf: Vec<u8>,
+    /// Staged entries not yet synced.
+    unsynced: bool,
 }
 
 impl Journal {
@@ -147,6 +150,7 @@ impl Journal {
             file,
             entries: live.len(),
             buf: Vec::new(),
+            unsynced: false,
         })
     }
 
@@ -165,11 +169,35 @@ impl Journal {
         self.append(DELETE, task_id.as_bytes())
     }
 
+    /// Appends a put of `record` without waiting for the disk: it is
+    /// durable after the next [`Journal::sync`] (or durable append).
+    pub(super) fn stage(&mut self, record: &[u8]) -> io::Result<()> {
+        self.write(PUT, record)?;
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// Makes every staged entry durable; whether there was any.
+    pub(super) fn sync(&mut self) -> io::Result<bool> {
+        if !self.unsynced {
+            return Ok(false);
+        }
+        self.file.sync_data()?;
+        self.unsynced = false;
+        Ok(true)
+    }
+
     fn append(&mut self, tag: u32, value: &[u8]) -> io::Result<()> {
+        self.write(tag, value)?;
+        self.file.sync_data()?;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    fn write(&mut self, tag: u32, value: &[u8]) -> io::Result<()> {
         self.buf.clear();
         push_record(&mut self.buf, tag, value);
         self.file.write_all(&self.buf)?;
-        self.file.sync_data()?;
         self.entries += 1;
         Ok(())
     }

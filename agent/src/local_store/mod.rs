@@ -181,6 +181,15 @@ struct Inner {
     /// An append failed: the file may end in a partial record, or an
     /// unsynced one. The next change first rewrites it from `live`.
     rewrite: bool,
+    /// `fdatasync`s of appended changes so far.
+    syncs: u64,
+}
+
+impl Inner {
+    fn synced(&mut self) {
+        self.syncs += 1;
+        metrics::counter!("minkube_agent_store_syncs_total").increment(1);
+    }
 }
 
 /// Superseded entries tolerated before the journal is rewritten.
@@ -225,6 +234,7 @@ impl LocalStore {
                 journal,
                 live,
                 rewrite: false,
+                syncs: 0,
             })),
         })
     }
@@ -259,12 +269,48 @@ impl LocalStore {
             .collect()
     }
 
-    /// Keeps `rec` durably (replacing the task's earlier record).
+    /// Keeps `rec` durably (replacing the task's earlier record); earlier
+    /// staged records are durable too once it returns.
     pub fn save_task(&self, rec: &TaskRecord) -> Result<(), StoreError> {
+        self.put_task(rec, true)
+    }
+
+    /// Writes `rec` like [`LocalStore::save_task`], but durable only after
+    /// the next [`LocalStore::sync`]: records staged one after another (a
+    /// burst of containers ending) share one `fdatasync`. For a change that
+    /// nothing outside the agent sees before that sync.
+    pub fn stage_task(&self, rec: &TaskRecord) -> Result<(), StoreError> {
+        self.put_task(rec, false)
+    }
+
+    /// `fdatasync`s of appended changes since the store was opened.
+    pub fn syncs(&self) -> u64 {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .syncs
+    }
+
+    /// Makes every staged record durable (nothing to do if none is).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.change(|inner| {
+            if inner.journal.sync()? {
+                inner.synced();
+            }
+            Ok(())
+        })
+    }
+
+    fn put_task(&self, rec: &TaskRecord, durable: bool) -> Result<(), StoreError> {
         Self::check_id(rec.task_id())?;
         let bytes = prost::Message::encode_to_vec(rec);
         self.change(|inner| {
-            inner.journal.put(&bytes)?;
+            if durable {
+                inner.journal.put(&bytes)?;
+                inner.synced();
+            } else {
+                inner.journal.stage(&bytes)?;
+            }
             // In place when the task has a record: no new key, no new node.
             match inner.live.get_mut(rec.task_id()) {
                 Some(old) => *old = bytes,
@@ -282,6 +328,7 @@ impl LocalStore {
         self.change(|inner| {
             if inner.live.contains_key(task_id) {
                 inner.journal.delete(task_id)?;
+                inner.synced();
                 inner.live.remove(task_id);
             }
             Ok(())
@@ -436,6 +483,33 @@ mod tests {
         reopened.delete_task("t-1").unwrap();
         reopened.delete_task("t-1").unwrap();
         assert_eq!(reopened.load_tasks().unwrap(), vec![record("t-2", 5)]);
+    }
+
+    #[test]
+    fn staged_records_share_one_sync_and_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        store.save_task(&record("t-1", 1)).unwrap();
+        assert_eq!(store.syncs(), 1, "a save is durable on its own");
+        for (id, seq) in [("t-1", 2), ("t-2", 1), ("t-3", 1)] {
+            store.stage_task(&record(id, seq)).unwrap();
+        }
+        assert_eq!(store.syncs(), 1, "staging waits for the sync");
+        store.sync().unwrap();
+        assert_eq!(store.syncs(), 2, "three staged records, one sync");
+        store.sync().unwrap();
+        assert_eq!(store.syncs(), 2, "nothing staged, nothing to sync");
+        // A durable save also makes what was staged before it durable.
+        store.stage_task(&record("t-2", 2)).unwrap();
+        store.save_task(&record("t-3", 2)).unwrap();
+        store.sync().unwrap();
+        assert_eq!(store.syncs(), 3);
+        drop(store);
+        let loaded = LocalStore::open(dir.path()).unwrap().load_tasks().unwrap();
+        assert_eq!(
+            loaded,
+            vec![record("t-1", 2), record("t-2", 2), record("t-3", 2)]
+        );
     }
 
     #[test]

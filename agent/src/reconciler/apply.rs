@@ -42,7 +42,7 @@ impl Reconciler {
         if let Some(e) = self.tasks.get(&a.task_id) {
             let known = e.rec.attempt();
             if known == a.attempt {
-                self.send(ack).await;
+                self.queue(ack);
                 if from_desired_set {
                     self.resume(&a.task_id).await;
                 }
@@ -71,10 +71,12 @@ impl Reconciler {
             .insert(task_id.clone(), Entry::new(rec, generation));
         // One write records the assignment and its first update, before the ack.
         let update = self.record_update(&task_id, Report::new(TaskState::Scheduled, "preparing"));
-        self.send(ack).await;
+        self.queue(ack);
         if let Some(update) = update {
-            self.send(Outbound::Update(update)).await;
+            self.queue(Outbound::Update(update));
         }
+        // The record is durable before its container exists.
+        self.sync();
         self.spawn_start(&task_id);
     }
 
@@ -224,7 +226,7 @@ impl Reconciler {
             e.synced_terminal = e.rec.is_terminal();
         }
         info!(session, tasks = updates.len(), "full sync");
-        self.send(Outbound::FullSync { session, updates }).await;
+        self.queue(Outbound::FullSync { session, updates });
     }
 
     fn on_node_id(&mut self, node_id: String) {

@@ -42,6 +42,10 @@ use work::{JobResult, ListPurpose};
 
 /// Capacity of the reconciler's internal channel (events, progress).
 const INTERNAL_CAPACITY: usize = 256;
+
+/// Most queued events handled in one round before its records are synced
+/// and its messages sent; bounds how long other inputs wait.
+const MAX_EVENTS_PER_ROUND: usize = 64;
 /// Attempts to list containers at startup before going on without.
 const STARTUP_LIST_TRIES: u32 = 3;
 
@@ -165,6 +169,9 @@ pub struct Reconciler {
     listing_in_flight: bool,
     listing_again: Option<ListPurpose>,
     desired_seen: bool,
+    /// Messages for the session, sent once the records they report on are
+    /// durable ([`Reconciler::flush`]).
+    outbox: Vec<Outbound>,
 }
 
 impl Reconciler {
@@ -201,6 +208,7 @@ impl Reconciler {
             listing_in_flight: false,
             listing_again: None,
             desired_seen: false,
+            outbox: Vec::new(),
         };
         me.recount_running();
         Ok(me)
@@ -219,6 +227,7 @@ impl Reconciler {
         };
         self.start_watcher();
         self.startup().await;
+        self.flush().await;
 
         let period = self.settings.resync_interval;
         let mut resync = tokio::time::interval_at(Instant::now() + period, period);
@@ -229,7 +238,17 @@ impl Reconciler {
                 // (or Docker saw) before finishing is applied before its result.
                 biased;
                 () = crate::stopped(&mut shutdown) => break,
-                Some(msg) = internal_rx.recv() => self.on_internal(msg).await,
+                Some(msg) = internal_rx.recv() => {
+                    self.on_internal(msg).await;
+                    // What is already queued (a burst of containers ending)
+                    // joins this round: one sync and one batch for all.
+                    for _ in 1..MAX_EVENTS_PER_ROUND {
+                        match internal_rx.try_recv() {
+                            Ok(msg) => self.on_internal(msg).await,
+                            Err(_) => break,
+                        }
+                    }
+                }
                 Some(done) = self.jobs.join_next(), if !self.jobs.is_empty() => match done {
                     Ok(result) => self.on_job(result).await,
                     Err(e) if e.is_panic() => error!(error = %e, "a background job panicked"),
@@ -241,7 +260,9 @@ impl Reconciler {
                 },
                 _ = resync.tick() => self.request_listing(ListPurpose::Resync),
             }
+            self.flush().await;
         }
+        self.flush().await;
         self.stop().await;
     }
 
@@ -321,6 +342,23 @@ impl Reconciler {
         }
     }
 
+    /// Like [`Reconciler::persist`], durable at the next [`Reconciler::sync`]
+    /// (at the latest when the round's messages are sent).
+    fn stage(&self, task_id: &str) {
+        if let Some(e) = self.tasks.get(task_id) {
+            if let Err(err) = self.store.stage_task(&e.rec) {
+                error!(task_id = %task_id, attempt = e.rec.attempt(), error = %err, "cannot write task record");
+            }
+        }
+    }
+
+    /// Makes the staged records durable.
+    fn sync(&self) {
+        if let Err(err) = self.store.sync() {
+            error!(error = %err, "cannot sync the task records");
+        }
+    }
+
     fn forget(&mut self, task_id: &str) {
         if let Err(err) = self.store.delete_task(task_id) {
             error!(task_id = %task_id, error = %err, "cannot delete task record");
@@ -330,11 +368,25 @@ impl Reconciler {
         debug!(task_id = %task_id, "task record deleted");
     }
 
-    async fn send(&self, msg: Outbound) {
-        // Fails only while the agent shuts down; the record has the update.
-        if self.out.send(msg).await.is_err() {
-            debug!("session channel closed; update kept in the local record");
+    /// Queues a message for the session; [`Reconciler::flush`] sends it.
+    fn queue(&mut self, msg: Outbound) {
+        self.outbox.push(msg);
+    }
+
+    /// Ends a round: the records staged in it become durable with one sync,
+    /// then its messages go to the session, in order.
+    async fn flush(&mut self) {
+        self.sync();
+        let mut outbox = std::mem::take(&mut self.outbox);
+        for msg in outbox.drain(..) {
+            // Fails only while the agent shuts down; the record has the update.
+            if self.out.send(msg).await.is_err() {
+                debug!("session channel closed; update kept in the local record");
+                break;
+            }
         }
+        outbox.clear();
+        self.outbox = outbox;
     }
 
     async fn on_job(&mut self, result: JobResult) {

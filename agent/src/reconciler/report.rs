@@ -177,7 +177,7 @@ impl Reconciler {
             "task state"
         );
         self.touch(task_id);
-        self.persist(task_id);
+        self.stage(task_id);
         self.recount_running();
         Some(update)
     }
@@ -185,7 +185,7 @@ impl Reconciler {
     /// Records and sends one update.
     pub(super) async fn report(&mut self, task_id: &str, r: Report) {
         if let Some(update) = self.record_update(task_id, r) {
-            self.send(Outbound::Update(update)).await;
+            self.queue(Outbound::Update(update));
         }
     }
 
@@ -208,8 +208,8 @@ impl Reconciler {
             sequence = update.sequence,
             "manager still lists a finished task; reporting its end again"
         );
-        self.persist(task_id);
-        self.send(Outbound::Update(update)).await;
+        self.stage(task_id);
+        self.queue(Outbound::Update(update));
     }
 }
 

@@ -102,6 +102,34 @@ async fn non_zero_exits_and_oom_kills_fail() {
     h.shutdown().await;
 }
 
+#[tokio::test]
+async fn containers_ending_together_share_one_sync_of_their_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let mut h = Harness::start(&rt, dir.path());
+    let mut containers = Vec::new();
+    for i in 0..10 {
+        containers.push(h.run_task(&format!("t{i}")).await.container_id);
+    }
+    let before = h.store.syncs();
+    for c in &containers {
+        rt.exit(c, 0, false).await;
+    }
+    for i in 0..10 {
+        h.expect(&format!("t{i}"), TaskState::Completed).await;
+    }
+    let syncs = h.store.syncs() - before;
+    // The exits queue up together, so one round (one sync) takes them all;
+    // one more is slack for a runtime that splits them.
+    assert!(syncs <= 2, "10 exits took {syncs} syncs");
+    // The records say so too.
+    for i in 0..10 {
+        let rec = h.record(&format!("t{i}")).unwrap();
+        assert_eq!(rec.state(), TaskState::Completed);
+    }
+    h.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_missing_image_that_cannot_be_pulled_fails_once() {
     let dir = tempfile::tempdir().unwrap();
