@@ -64,6 +64,7 @@ pub async fn throughput(ctx: &Ctx) -> anyhow::Result<Section> {
     let before = manager.sample()?;
     let bench_before = crate::procstat::sample(std::process::id())?;
     let msgs_before = stream_messages(&manager).await?;
+    let commits_before = store_commits(&manager).await?;
 
     let load = load::closed_loop(&manager.addr(), callers, connections, tasks, |i| {
         load::spec(&format!("t{i}"), SIM_IMAGE, &[])
@@ -83,6 +84,7 @@ pub async fn throughput(ctx: &Ctx) -> anyhow::Result<Section> {
     let after = manager.sample()?;
     let bench_after = crate::procstat::sample(std::process::id())?;
     let msgs_after = stream_messages(&manager).await?;
+    let commits_after = store_commits(&manager).await?;
     let seen = watcher.finish().await?;
     let j = join(&load.ok, &seen);
     ensure!(
@@ -135,6 +137,10 @@ pub async fn throughput(ctx: &Ctx) -> anyhow::Result<Section> {
             per_task(1)
         ),
     );
+    sec.info(
+        "store writes per task; requests per commit (group commit)",
+        commits_per_task(commits_before, commits_after, tasks),
+    );
     fleet.stop().await;
     manager.stop()?;
     Ok(sec)
@@ -165,6 +171,7 @@ pub async fn offered_load(ctx: &Ctx) -> anyhow::Result<Section> {
     )
     .await?;
     let mut watcher = Watcher::start(&manager.addr()).await?;
+    let commits_before = store_commits(&manager).await?;
     let load = load::open_loop(&manager.addr(), rate, 200, 8, tasks, |i| {
         load::spec(&format!("t{i}"), SIM_IMAGE, &[])
     })
@@ -192,6 +199,10 @@ pub async fn offered_load(ctx: &Ctx) -> anyhow::Result<Section> {
     sec.info(
         "manager store commit time (group commit, from /metrics)",
         commits.summary(),
+    );
+    sec.info(
+        "store writes per task; requests per commit (group commit)",
+        commits_per_task(commits_before, store_commits(&manager).await?, tasks),
     );
     fleet.stop().await;
     manager.stop()?;
@@ -252,6 +263,28 @@ pub async fn idle_agents(ctx: &Ctx) -> anyhow::Result<Section> {
 }
 
 /// Messages on the agent streams so far: down (to agents), up (from them).
+/// (commits, requests committed) so far, from the manager's counters.
+async fn store_commits(manager: &Manager) -> anyhow::Result<(f64, f64)> {
+    Ok((
+        manager
+            .metric_sum("minkube_manager_store_commits_total")
+            .await?,
+        manager
+            .metric_sum("minkube_manager_store_committed_requests_total")
+            .await?,
+    ))
+}
+
+/// Durable writes per task, and how many of them shared a commit.
+fn commits_per_task(before: (f64, f64), after: (f64, f64), tasks: usize) -> String {
+    let commits = after.0 - before.0;
+    let requests = after.1 - before.1;
+    if commits <= 0.0 || tasks == 0 {
+        return "no commits counted".to_string();
+    }
+    format!("{:.2}; {:.1}", requests / tasks as f64, requests / commits)
+}
+
 async fn stream_messages(manager: &Manager) -> anyhow::Result<[f64; 2]> {
     Ok([
         manager
@@ -261,4 +294,21 @@ async fn stream_messages(manager: &Manager) -> anyhow::Result<[f64; 2]> {
             .metric_sum_with(STREAM_MESSAGES, "direction=\"in\"")
             .await?,
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_per_task_and_per_commit_come_from_the_counter_deltas() {
+        assert_eq!(
+            commits_per_task((10.0, 40.0), (20.0, 100.0), 20),
+            "3.00; 6.0"
+        );
+        assert_eq!(
+            commits_per_task((5.0, 5.0), (5.0, 5.0), 20),
+            "no commits counted"
+        );
+    }
 }
