@@ -75,8 +75,9 @@ impl Reconciler {
         if let Some(update) = update {
             self.queue(Outbound::Update(update));
         }
-        // The record is durable before its container exists.
-        self.sync();
+        // The record is durable before its container exists, and the ack
+        // is on its way before the start can report.
+        self.flush().await;
         self.spawn_start(&task_id);
     }
 
