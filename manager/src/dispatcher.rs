@@ -15,6 +15,9 @@ use crate::error::ManagerError;
 /// How long an agent has to send Hello after opening the stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Longest interval between two notes of a talking node's liveness.
+const MAX_NOTE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The down-stream half handed to tonic.
 pub type DownStream = ReceiverStream<Result<pb::ManagerMessage, Status>>;
 
@@ -92,6 +95,12 @@ async fn read_loop(
     inbound: &mut Streaming<pb::AgentMessage>,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<(), Status> {
+    // Any message shows the node alive, but noting it takes the state lock:
+    // a busy agent's status batches note it at most this often (heartbeats
+    // always, for their stats). A tenth of the node timeout keeps a node
+    // that keeps talking far from being marked down.
+    let note_every = (cluster.config.node_timeout / 10).min(MAX_NOTE_INTERVAL);
+    let mut noted: Option<tokio::time::Instant> = None;
     loop {
         let next = tokio::select! {
             () = cancel.cancelled() => return Ok(()),
@@ -110,12 +119,15 @@ async fn read_loop(
         };
         metrics::counter!("minkube_manager_stream_messages_total", "direction" => "in", "kind" => inbound_kind(&msg))
             .increment(1);
-        let stats = match &mut msg.msg {
-            Some(Msg::Heartbeat(h)) => h.stats.take(),
-            _ => None,
+        let (is_heartbeat, stats) = match &mut msg.msg {
+            Some(Msg::Heartbeat(h)) => (true, h.stats.take()),
+            _ => (false, None),
         };
-        if cluster.heartbeat(node_id, stats) {
-            cluster.resend_desired(node_id).await;
+        if is_heartbeat || noted.is_none_or(|at| at.elapsed() >= note_every) {
+            noted = Some(tokio::time::Instant::now());
+            if cluster.heartbeat(node_id, stats) {
+                cluster.resend_desired(node_id).await;
+            }
         }
         match msg.msg {
             Some(Msg::Heartbeat(_)) | None => {}
