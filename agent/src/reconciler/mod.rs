@@ -46,6 +46,7 @@ const INTERNAL_CAPACITY: usize = 256;
 /// Most queued events handled in one round before its records are synced
 /// and its messages sent; bounds how long other inputs wait.
 const MAX_EVENTS_PER_ROUND: usize = 64;
+
 /// Attempts to list containers at startup before going on without.
 const STARTUP_LIST_TRIES: u32 = 3;
 
@@ -385,7 +386,7 @@ impl Reconciler {
                 break;
             }
         }
-        outbox.clear();
+        // Kept for the next round: its capacity is reused.
         self.outbox = outbox;
     }
 
