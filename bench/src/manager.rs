@@ -155,6 +155,15 @@ impl Manager {
         Ok(sum_of(&self.scrape().await?, name, label))
     }
 
+    /// (store commits, requests committed) so far, from one scrape.
+    pub async fn store_commits(&self) -> anyhow::Result<(f64, f64)> {
+        let text = self.scrape().await?;
+        Ok((
+            sum_of(&text, "minkube_manager_store_commits_total", ""),
+            sum_of(&text, "minkube_manager_store_committed_requests_total", ""),
+        ))
+    }
+
     /// A histogram's cumulative buckets from `/metrics`: (upper bound in
     /// seconds, observations up to it), ascending, `+Inf` last.
     pub async fn histogram(&self, name: &str) -> anyhow::Result<crate::stats::Buckets> {

@@ -85,12 +85,7 @@ pub async fn create_load(ctx: &Ctx) -> anyhow::Result<Section> {
         format!("{sat_rate:.0} requests/s"),
     );
     sec.info("saturated: CreateTask latency", sat_lat.summary());
-    let commits = manager
-        .metric_sum("minkube_manager_store_commits_total")
-        .await?;
-    let committed = manager
-        .metric_sum("minkube_manager_store_committed_requests_total")
-        .await?;
+    let (commits, committed) = manager.store_commits().await?;
     if commits > 0.0 {
         sec.info(
             "requests per store commit (group commit)",

@@ -64,7 +64,7 @@ pub async fn throughput(ctx: &Ctx) -> anyhow::Result<Section> {
     let before = manager.sample()?;
     let bench_before = crate::procstat::sample(std::process::id())?;
     let msgs_before = stream_messages(&manager).await?;
-    let commits_before = store_commits(&manager).await?;
+    let commits_before = manager.store_commits().await?;
 
     let load = load::closed_loop(&manager.addr(), callers, connections, tasks, |i| {
         load::spec(&format!("t{i}"), SIM_IMAGE, &[])
@@ -84,7 +84,7 @@ pub async fn throughput(ctx: &Ctx) -> anyhow::Result<Section> {
     let after = manager.sample()?;
     let bench_after = crate::procstat::sample(std::process::id())?;
     let msgs_after = stream_messages(&manager).await?;
-    let commits_after = store_commits(&manager).await?;
+    let commits_after = manager.store_commits().await?;
     let seen = watcher.finish().await?;
     let j = join(&load.ok, &seen);
     ensure!(
@@ -171,7 +171,7 @@ pub async fn offered_load(ctx: &Ctx) -> anyhow::Result<Section> {
     )
     .await?;
     let mut watcher = Watcher::start(&manager.addr()).await?;
-    let commits_before = store_commits(&manager).await?;
+    let commits_before = manager.store_commits().await?;
     let load = load::open_loop(&manager.addr(), rate, 200, 8, tasks, |i| {
         load::spec(&format!("t{i}"), SIM_IMAGE, &[])
     })
@@ -202,7 +202,7 @@ pub async fn offered_load(ctx: &Ctx) -> anyhow::Result<Section> {
     );
     sec.info(
         "store writes per task; requests per commit (group commit)",
-        commits_per_task(commits_before, store_commits(&manager).await?, tasks),
+        commits_per_task(commits_before, manager.store_commits().await?, tasks),
     );
     fleet.stop().await;
     manager.stop()?;
@@ -263,18 +263,6 @@ pub async fn idle_agents(ctx: &Ctx) -> anyhow::Result<Section> {
 }
 
 /// Messages on the agent streams so far: down (to agents), up (from them).
-/// (commits, requests committed) so far, from the manager's counters.
-async fn store_commits(manager: &Manager) -> anyhow::Result<(f64, f64)> {
-    Ok((
-        manager
-            .metric_sum("minkube_manager_store_commits_total")
-            .await?,
-        manager
-            .metric_sum("minkube_manager_store_committed_requests_total")
-            .await?,
-    ))
-}
-
 /// Durable writes per task, and how many of them shared a commit.
 fn commits_per_task(before: (f64, f64), after: (f64, f64), tasks: usize) -> String {
     let commits = after.0 - before.0;
