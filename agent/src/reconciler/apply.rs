@@ -67,8 +67,7 @@ impl Reconciler {
         // The sequence outlives attempts: the manager must never see it go back.
         rec.sequence = sequence;
         let generation = self.bump();
-        self.tasks
-            .insert(task_id.clone(), Entry::new(rec, generation));
+        self.hold(task_id.clone(), Entry::new(rec, generation));
         // One write records the assignment and its first update, before the ack.
         let update = self.record_update(&task_id, Report::new(TaskState::Scheduled, "preparing"));
         self.queue(ack);
@@ -145,8 +144,7 @@ impl Reconciler {
                 });
                 rec.sequence = other.map_or(0, |(_, seq)| seq);
                 let generation = self.bump();
-                self.tasks
-                    .insert(task_id.clone(), Entry::new(rec, generation));
+                self.hold(task_id.clone(), Entry::new(rec, generation));
                 self.request_stop(&task_id, &order.reason, &order.trace_context);
             }
         }

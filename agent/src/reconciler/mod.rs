@@ -325,6 +325,9 @@ impl Reconciler {
         }
     }
 
+    /// Counts the RUNNING records once, at load; from then on each change
+    /// adjusts the count ([`Reconciler::note_running`]), so an update costs
+    /// the same however many records the agent holds.
     fn recount_running(&self) {
         let n = self
             .tasks
@@ -333,6 +336,32 @@ impl Reconciler {
             .count();
         self.running
             .store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Relaxed);
+    }
+
+    /// Adjusts the RUNNING count for a record that went from `was` to `now`
+    /// (or appeared, or went away: not running).
+    fn note_running(&self, was: pb::TaskState, now: pb::TaskState) {
+        let (was, now) = (was == pb::TaskState::Running, now == pb::TaskState::Running);
+        if was && !now {
+            // Saturating: the count never wraps, whatever the order of events.
+            let _ = self
+                .running
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(1))
+                });
+        } else if now && !was {
+            self.running.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Holds `entry` as the task's record, in place of any older attempt's.
+    fn hold(&mut self, task_id: String, entry: Entry) {
+        let now = entry.rec.state();
+        if let Some(old) = self.tasks.insert(task_id, entry) {
+            self.note_running(old.rec.state(), now);
+        } else {
+            self.note_running(pb::TaskState::Unspecified, now);
+        }
     }
 
     fn persist(&self, task_id: &str) {
@@ -365,7 +394,9 @@ impl Reconciler {
             error!(task_id = %task_id, error = %err, "cannot delete task record");
             return;
         }
-        self.tasks.remove(task_id);
+        if let Some(old) = self.tasks.remove(task_id) {
+            self.note_running(old.rec.state(), pb::TaskState::Unspecified);
+        }
         debug!(task_id = %task_id, "task record deleted");
     }
 

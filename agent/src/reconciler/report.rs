@@ -178,7 +178,7 @@ impl Reconciler {
         );
         self.touch(task_id);
         self.stage(task_id);
-        self.recount_running();
+        self.note_running(from, r.state);
         Some(update)
     }
 

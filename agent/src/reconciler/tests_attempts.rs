@@ -62,8 +62,11 @@ async fn the_running_attempt_is_stopped_and_removed_before_the_new_one_starts() 
     let rt = runtime();
     let mut h = Harness::start(&rt, dir.path());
     let first = h.run_task("t1").await;
+    assert_eq!(h.running(), 1);
     let second = run_attempt(&mut h, "t1", 2).await;
     assert!(second.sequence > first.sequence);
+    // The replaced attempt no longer counts as running; the new one does.
+    assert_eq!(h.running(), 1);
     let calls = rt.calls();
     assert!(
         position(&calls, &format!("stop {}", first.container_id)) < position(&calls, "create t1/2"),
@@ -162,6 +165,7 @@ async fn a_newer_attempt_in_the_desired_set_replaces_the_one_found_at_startup() 
     let mut h = Harness::start(&rt, dir.path());
     let synced = h.full_sync(1).await;
     assert_eq!((synced[0].attempt, synced[0].sequence), (1, 4));
+    assert_eq!(h.running(), 1, "the loaded record counts");
     h.send(Input::DesiredSet(pb::DesiredSet {
         assignments: vec![assignment("t1", 2)],
     }))
@@ -172,6 +176,7 @@ async fn a_newer_attempt_in_the_desired_set_replaces_the_one_found_at_startup() 
     let running = h.expect("t1", TaskState::Running).await;
     assert_eq!((running.attempt, running.sequence), (2, 6));
     h.expect_quiet().await;
+    assert_eq!(h.running(), 1);
     assert!(rt.container(&old).is_none(), "the old attempt was removed");
     assert_eq!(containers_of(&rt, "t1"), vec![(2, running.container_id)]);
     h.shutdown().await;
