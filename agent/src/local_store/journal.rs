@@ -8,10 +8,11 @@
 //!
 //! A change costs one append and one `fdatasync`, where a file per record
 //! cost a new file, two fsyncs and a rename; changes staged one after
-//! another share one `fdatasync`. The file is rewritten with only
-//! the live records (temp file, fsync, rename) at start-up and whenever
-//! superseded entries outnumber live ones. A crash can only cut short the
-//! last record, which was never acknowledged: it is dropped.
+//! another go to the file in one write and share one `fdatasync`. The file
+//! is rewritten with only the live records (temp file, fsync, rename) at
+//! start-up and whenever superseded entries outnumber live ones. A crash can
+//! only cut short the last write, which was never acknowledged: its torn
+//! record is dropped.
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -123,9 +124,10 @@ pub(super) struct Journal {
     file: File,
     /// Entries in the file; compared with the live count to decide a rewrite.
     entries: usize,
-    buf: Vec<u8>,
-    /// Staged entries not yet synced.
-    unsynced: bool,
+    /// Staged entries, not yet written: a round's records go to the file
+    /// in one write, just before the one `fdatasync` that makes them
+    /// durable. Until then nothing was promised about them.
+    pending: Vec<u8>,
 }
 
 impl Journal {
@@ -149,8 +151,7 @@ impl Journal {
         Ok(Self {
             file,
             entries: live.len(),
-            buf: Vec::new(),
-            unsynced: false,
+            pending: Vec::new(),
         })
     }
 
@@ -169,37 +170,36 @@ impl Journal {
         self.append(DELETE, task_id.as_bytes())
     }
 
-    /// Appends a put of `record` without waiting for the disk: it is
-    /// durable after the next [`Journal::sync`] (or durable append).
-    pub(super) fn stage(&mut self, record: &[u8]) -> io::Result<()> {
-        self.write(PUT, record)?;
-        self.unsynced = true;
-        Ok(())
+    /// Stages a put of `record` without touching the file: it is written
+    /// and made durable by the next [`Journal::sync`] (or durable append).
+    pub(super) fn stage(&mut self, record: &[u8]) {
+        push_record(&mut self.pending, PUT, record);
+        self.entries += 1;
     }
 
-    /// Makes every staged entry durable; whether there was any.
+    /// Writes every staged entry and makes it durable; whether there was any.
     pub(super) fn sync(&mut self) -> io::Result<bool> {
-        if !self.unsynced {
+        if self.pending.is_empty() {
             return Ok(false);
         }
+        self.write_pending()?;
         self.file.sync_data()?;
-        self.unsynced = false;
         Ok(true)
     }
 
     fn append(&mut self, tag: u32, value: &[u8]) -> io::Result<()> {
-        self.write(tag, value)?;
-        self.file.sync_data()?;
-        self.unsynced = false;
-        Ok(())
+        push_record(&mut self.pending, tag, value);
+        self.entries += 1;
+        self.write_pending()?;
+        self.file.sync_data()
     }
 
-    fn write(&mut self, tag: u32, value: &[u8]) -> io::Result<()> {
-        self.buf.clear();
-        push_record(&mut self.buf, tag, value);
-        self.file.write_all(&self.buf)?;
-        self.entries += 1;
-        Ok(())
+    /// One write for everything staged. On an error the store rewrites the
+    /// whole file from its live records, so nothing here is kept.
+    fn write_pending(&mut self) -> io::Result<()> {
+        let written = self.file.write_all(&self.pending);
+        self.pending.clear();
+        written
     }
 }
 
@@ -305,5 +305,34 @@ mod tests {
         assert!(read(&p).unwrap().unwrap().torn_tail);
         fs::write(&p, b"garbage!garbage!").unwrap();
         assert!(read(&p).unwrap().unwrap().damage.is_some());
+    }
+
+    #[test]
+    fn staged_entries_reach_the_file_at_the_sync_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = journal_with(dir.path(), &[("a", Some(1))]);
+        let p = path(dir.path());
+        let before = fs::metadata(&p).unwrap().len();
+        j.stage(&rec("a", 2).encode_to_vec());
+        j.stage(&rec("b", 1).encode_to_vec());
+        assert_eq!(
+            fs::metadata(&p).unwrap().len(),
+            before,
+            "nothing written yet"
+        );
+        assert_eq!(j.entries(), 3);
+        assert!(j.sync().unwrap());
+        assert!(!j.sync().unwrap(), "nothing left to sync");
+        let loaded = read(&p).unwrap().unwrap();
+        assert_eq!(
+            sequences(&loaded),
+            [("a".to_string(), 2), ("b".to_string(), 1)]
+        );
+        // A durable change writes what was staged before it first.
+        j.stage(&rec("b", 2).encode_to_vec());
+        j.delete("a").unwrap();
+        let loaded = read(&p).unwrap().unwrap();
+        assert_eq!(sequences(&loaded), [("b".to_string(), 2)]);
+        assert!(!j.sync().unwrap());
     }
 }

@@ -309,7 +309,7 @@ impl LocalStore {
                 inner.journal.put(&bytes)?;
                 inner.synced();
             } else {
-                inner.journal.stage(&bytes)?;
+                inner.journal.stage(&bytes);
             }
             // In place when the task has a record: no new key, no new node.
             match inner.live.get_mut(rec.task_id()) {
