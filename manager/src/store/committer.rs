@@ -75,6 +75,9 @@ struct Pending {
 struct Queue {
     items: Vec<Pending>,
     closed: bool,
+    /// The writer waits on the condvar: only then does a submission wake it
+    /// (a wake is a system call, and under load the writer is busy).
+    writer_waiting: bool,
 }
 
 struct Shared {
@@ -174,8 +177,11 @@ impl Committer {
             done,
             _permit: permit.0,
         });
+        let wake = q.writer_waiting;
         drop(q);
-        self.shared.wake.notify_one();
+        if wake {
+            self.shared.wake.notify_one();
+        }
     }
 
     /// Commits what is queued, then stops the writer thread. Idempotent.
@@ -218,7 +224,9 @@ fn run(shared: &Shared, store: &dyn Store, delay: Duration) {
         let mut batch: Vec<Pending> = {
             let mut q = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
             while q.items.is_empty() && !q.closed {
+                q.writer_waiting = true;
                 q = shared.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
+                q.writer_waiting = false;
             }
             if q.items.is_empty() {
                 return; // closed and drained
