@@ -233,12 +233,15 @@ impl Reconciler {
         let period = self.settings.resync_interval;
         let mut resync = tokio::time::interval_at(Instant::now() + period, period);
         resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Made once, not per round: each would register a waker.
+        let stop = crate::stopped(&mut shutdown);
+        tokio::pin!(stop);
         loop {
             tokio::select! {
                 // Events and progress before job results: what a job reported
                 // (or Docker saw) before finishing is applied before its result.
                 biased;
-                () = crate::stopped(&mut shutdown) => break,
+                () = &mut stop => break,
                 Some(msg) = internal_rx.recv() => {
                     self.on_internal(msg).await;
                     // What is already queued (a burst of containers ending)

@@ -152,11 +152,16 @@ pub(super) async fn run_one(
 
     let mut logs = LogReaders::new(Arc::clone(&links.runtime), node_id, tx.clone());
     let mut pending: Option<Input> = None;
+    // Made once, not per message: each would register a waker and a timer.
+    let mut stop_rx = shutdown.clone();
+    let stop = crate::stopped(&mut stop_rx);
+    tokio::pin!(stop);
     // The first heartbeat goes at once, so host stats are on the node from the start.
-    let mut next_heartbeat = Instant::now();
+    let beat_due = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(beat_due);
     loop {
         tokio::select! {
-            () = crate::stopped(shutdown) => {
+            () = &mut stop => {
                 // Readers hold senders too; they must go for the stream to end.
                 drop(logs);
                 return close(tx, inbound).await;
@@ -194,7 +199,7 @@ pub(super) async fn run_one(
                 }
             }
             () = logs.reap() => {}
-            () = tokio::time::sleep_until(next_heartbeat) => {
+            () = &mut beat_due => {
                 let beat = msg(agent_message::Msg::Heartbeat(pb::Heartbeat {
                     timestamp: Some(minkube::convert::now()),
                     running_tasks: links.running.load(Ordering::Relaxed),
@@ -204,7 +209,7 @@ pub(super) async fn run_one(
                     warn!("heartbeat could not be sent");
                     return Err(SessionError::ManagerGone);
                 }
-                next_heartbeat = Instant::now() + jittered(heartbeat);
+                beat_due.as_mut().reset(Instant::now() + jittered(heartbeat));
             }
         }
     }
