@@ -101,9 +101,12 @@ async fn read_loop(
     // that keeps talking far from being marked down.
     let note_every = (cluster.config.node_timeout / 10).min(MAX_NOTE_INTERVAL);
     let mut noted: Option<tokio::time::Instant> = None;
+    // Made once, not per message: each would join the token's waiter list.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let next = tokio::select! {
-            () = cancel.cancelled() => return Ok(()),
+            () = &mut cancelled => return Ok(()),
             m = inbound.message() => m,
         };
         let mut msg = match next {

@@ -97,9 +97,14 @@ impl Cluster {
         tx: &mpsc::Sender<Result<pb::WatchTasksResponse, Status>>,
         kind: Kind,
     ) -> bool {
-        tokio::select! {
-            () = self.shutdown.cancelled() => false,
-            r = tx.send(Ok(response(kind))) => r.is_ok(),
+        // Usually there is room: no waiting, so nothing to set up for it.
+        match tx.try_send(Ok(response(kind))) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(msg)) => tokio::select! {
+                () = self.shutdown.cancelled() => false,
+                r = tx.send(msg) => r.is_ok(),
+            },
         }
     }
 
@@ -135,13 +140,19 @@ impl Cluster {
         {
             return;
         }
+        // Made once, not per change: each would join a waiter list.
+        let shutdown = self.shutdown.clone();
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let closed = tx.closed();
+        tokio::pin!(closed);
         loop {
             let next = tokio::select! {
-                () = self.shutdown.cancelled() => {
+                () = &mut cancelled => {
                     let _ = tx.try_send(Err(Status::unavailable("the manager is shutting down")));
                     return;
                 }
-                () = tx.closed() => return,
+                () = &mut closed => return,
                 r = rx.recv() => r,
             };
             match next {
