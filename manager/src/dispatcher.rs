@@ -1,7 +1,7 @@
 //! The agent stream: one `Connect` per agent. The manager's half is a
 //! bounded channel (down) and one reader task (up) owned by the cluster's
 //! task tracker; either side ending ends the session.
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use minkube::pb::{self, agent_message::Msg};
@@ -35,8 +35,7 @@ pub async fn open_session(
             ManagerError::Protocol(format!("stream failed before Hello: {}", s.message()))
         })?;
     if let Some(m) = &first {
-        metrics::counter!("minkube_manager_stream_messages_total", "direction" => "in", "kind" => inbound_kind(m))
-            .increment(1);
+        count_inbound(m);
     }
     let node_id = match first.and_then(|m| m.msg) {
         Some(Msg::Hello(h)) => h.node_id,
@@ -120,8 +119,7 @@ async fn read_loop(
                 return Ok(());
             }
         };
-        metrics::counter!("minkube_manager_stream_messages_total", "direction" => "in", "kind" => inbound_kind(&msg))
-            .increment(1);
+        count_inbound(&msg);
         let (is_heartbeat, stats) = match &mut msg.msg {
             Some(Msg::Heartbeat(h)) => (true, h.stats.take()),
             _ => (false, None),
@@ -158,13 +156,29 @@ async fn read_loop(
 }
 
 /// The `kind` label of an agent's message in the stream message counter.
-fn inbound_kind(msg: &pb::AgentMessage) -> &'static str {
+/// Counts a message from an agent. The handles are looked up once (the
+/// recorder is installed before the server starts): the macro would hash
+/// the name and labels and search the registry for every message.
+fn count_inbound(msg: &pb::AgentMessage) {
+    static COUNTERS: [OnceLock<metrics::Counter>; 6] = [const { OnceLock::new() }; 6];
+    let i = inbound_index(msg);
+    COUNTERS[i]
+        .get_or_init(|| {
+            metrics::counter!("minkube_manager_stream_messages_total", "direction" => "in", "kind" => INBOUND_KINDS[i])
+        })
+        .increment(1);
+}
+
+/// `kind` labels of messages from agents.
+const INBOUND_KINDS: [&str; 6] = ["hello", "heartbeat", "status", "ack", "logs", "empty"];
+
+fn inbound_index(msg: &pb::AgentMessage) -> usize {
     match &msg.msg {
-        Some(Msg::Hello(_)) => "hello",
-        Some(Msg::Heartbeat(_)) => "heartbeat",
-        Some(Msg::Status(_)) => "status",
-        Some(Msg::Ack(_)) => "ack",
-        Some(Msg::Logs(_)) => "logs",
-        None => "empty",
+        Some(Msg::Hello(_)) => 0,
+        Some(Msg::Heartbeat(_)) => 1,
+        Some(Msg::Status(_)) => 2,
+        Some(Msg::Ack(_)) => 3,
+        Some(Msg::Logs(_)) => 4,
+        None => 5,
     }
 }

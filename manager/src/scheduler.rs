@@ -4,6 +4,7 @@
 //! reason and is retried whenever capacity appears (a node connects or is
 //! made active, a task ends), so nothing waits forever for a poll.
 use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::time::SystemTime;
 
 use minkube::pb::{self, NodeAvailability, NodeState, TaskState};
@@ -13,6 +14,12 @@ use minkube_common::validate::MIN_MEMORY_MB;
 
 use crate::state::State;
 use crate::store::Mutation;
+
+/// Placements made. Looked up once: the macro would search the registry
+/// for every placement.
+static PLACED: LazyLock<metrics::Counter> = LazyLock::new(
+    || metrics::counter!("minkube_manager_scheduling_decisions_total", "result" => "placed"),
+);
 
 /// Node names in order with their ids: the round-robin ring. Rebuilt only
 /// when the node set changes (nodes are added or renamed, which is rare);
@@ -257,8 +264,7 @@ pub fn schedule(st: &mut State, now: SystemTime, out: &mut Vec<Mutation>) -> Pas
             continue;
         }
         st.unplaced.remove(&id);
-        metrics::counter!("minkube_manager_scheduling_decisions_total", "result" => "placed")
-            .increment(1);
+        PLACED.increment(1);
         // The reservation is in `State::usage` now: the next pick sees it.
         st.rr_cursor = Some(node_name.clone());
         if let Some(e) = st.tasks.live(&id) {

@@ -2,6 +2,7 @@
 //! updates, never by the manager guessing. Stale and duplicate updates are
 //! dropped by (attempt, sequence).
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
 use minkube::convert::task_state_name;
 use minkube::pb::{self, DesiredState, FailureKind, TaskState};
@@ -170,14 +171,17 @@ pub fn apply_update(
     }
 }
 
+/// Looked up once: the macro would search the registry for every task.
+static SUBMIT_TO_RUNNING: LazyLock<metrics::Histogram> =
+    LazyLock::new(|| metrics::histogram!("minkube_manager_submit_to_running_seconds"));
+
 /// Time from CreateTask to the first attempt running.
 fn record_submit_to_running(task: &pb::Task) {
     let first_attempt = task.status.as_ref().is_some_and(|s| s.attempt == 1);
     if let (true, Some(created)) = (first_attempt, task.created_at.as_ref()) {
         let created = minkube::convert::from_timestamp(created);
         if let Ok(d) = std::time::SystemTime::now().duration_since(created) {
-            metrics::histogram!("minkube_manager_submit_to_running_seconds")
-                .record(d.as_secs_f64());
+            SUBMIT_TO_RUNNING.record(d.as_secs_f64());
         }
     }
 }
