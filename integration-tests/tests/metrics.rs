@@ -190,3 +190,42 @@ async fn agent_admin_endpoint_reports_docker_calls_and_host() {
     let load = value(&m, "minkube_agent_host_load", &[("window", "1m")]);
     assert!(load >= 0.0);
 }
+
+/// An agent drops the records of finished tasks once the manager has
+/// stored their ends (32 at a time), so what it holds follows its live work.
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_records_of_finished_tasks_are_released() {
+    const TASKS: usize = 40;
+    let cluster = Cluster::start(&["a"]).await;
+    let admin = cluster.agent_admin_addr("a");
+    let mut ids = Vec::new();
+    for i in 0..TASKS {
+        let t = cluster
+            .create(cluster.spec(&format!("release-{i}"), &["true"]))
+            .await;
+        ids.push(t.id);
+    }
+    for id in &ids {
+        cluster
+            .wait_task_state(id, &[TaskState::Completed], WAIT)
+            .await;
+    }
+    let held = wait_for("finished records released", WAIT, POLL, async || {
+        let m = parse(&http_get(&admin, "/metrics").await.1);
+        let n = value(&m, "minkube_agent_task_records", &[]);
+        if n <= (TASKS - 32) as f64 {
+            Ok(n)
+        } else {
+            Err(format!("{n} records held"))
+        }
+    })
+    .await;
+    assert!(held >= 1.0, "the last few wait for the next batch: {held}");
+    let m = parse(&http_get(&cluster.admin_addr(), "/metrics").await.1);
+    let releases = value(
+        &m,
+        "minkube_manager_stream_messages_total",
+        &[("direction", "out"), ("kind", "release")],
+    );
+    assert_eq!(releases, 1.0);
+}

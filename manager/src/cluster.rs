@@ -22,19 +22,21 @@ use minkube_common::retry::Backoff;
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `kind` labels of messages sent to agents, as [`Cluster::send`] numbers them.
-const OUTBOUND_KINDS: [&str; 6] = [
+const OUTBOUND_KINDS: [&str; 7] = [
     "welcome",
     "assignment",
     "stop",
     "desired_set",
     "logs_request",
     "logs_cancel",
+    "release",
 ];
 
 /// Counts a message sent to an agent. Each handle is looked up once: the
 /// macro would hash the labels and search the registry per message.
 fn count_outbound(kind: usize) {
-    static COUNTERS: [OnceLock<metrics::Counter>; 6] = [const { OnceLock::new() }; 6];
+    static COUNTERS: [OnceLock<metrics::Counter>; OUTBOUND_KINDS.len()] =
+        [const { OnceLock::new() }; OUTBOUND_KINDS.len()];
     COUNTERS[kind]
         .get_or_init(|| {
             metrics::counter!("minkube_manager_stream_messages_total", "direction" => "out", "kind" => OUTBOUND_KINDS[kind])
@@ -112,6 +114,8 @@ pub struct Cluster {
     pub(crate) tasks: TaskTracker,
     /// Open `TaskLogs` requests, routed by request id.
     pub(crate) logs: crate::logs::LogRouter,
+    /// Finished attempts to release on their agents.
+    pub(crate) releases: crate::release::Releases,
 }
 
 impl Cluster {
@@ -143,6 +147,7 @@ impl Cluster {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             logs: crate::logs::LogRouter::default(),
+            releases: crate::release::Releases::default(),
         });
         let c = Arc::clone(&cluster);
         cluster.tasks.spawn(async move { c.run_scheduler().await });
@@ -265,6 +270,7 @@ impl Cluster {
             pb::manager_message::Msg::DesiredSet(_) => 3,
             pb::manager_message::Msg::LogsRequest(_) => 4,
             pb::manager_message::Msg::LogsCancel(_) => 5,
+            pb::manager_message::Msg::Release(_) => 6,
         };
         let message = pb::ManagerMessage { msg: Some(msg) };
         match tx.send_timeout(Ok(message), SEND_TIMEOUT).await {

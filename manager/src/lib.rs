@@ -19,6 +19,7 @@ pub mod node_admin;
 pub mod nodes;
 pub mod pki;
 pub mod policy;
+pub mod release;
 pub mod retention;
 pub mod scheduler;
 pub mod server;

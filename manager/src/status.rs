@@ -263,9 +263,10 @@ impl Cluster {
         batch: pb::StatusBatch,
     ) -> Result<(), ManagerError> {
         let full_sync = batch.full_sync;
-        let (freed, follow_up, forbidden) = self
+        let (freed, ended, follow_up, forbidden) = self
             .write(|st, out| {
                 let mut freed = false;
+                let mut ended = Vec::new();
                 let mut forbidden = None;
                 for u in &batch.updates {
                     let applied = apply_update(st, node_id, &self.config.retry, u, out);
@@ -275,13 +276,21 @@ impl Cluster {
                     if let Applied::Ignored(why) = applied {
                         tracing::debug!(node_id, task_id = %u.task_id, why, "update ignored");
                     }
-                    freed |= applied == Applied::Changed
-                        && state_machine::is_terminal(
-                            TaskState::try_from(u.state).unwrap_or_default(),
-                        );
+                    let terminal = state_machine::is_terminal(
+                        TaskState::try_from(u.state).unwrap_or_default(),
+                    );
+                    freed |= applied == Applied::Changed && terminal;
+                    // The manager has (or, once this write is durable, will
+                    // have) this attempt's end: the agent may drop it.
+                    if terminal && matches!(applied, Applied::Changed | Applied::Unchanged) {
+                        ended.push(pb::ReleasedAttempt {
+                            task_id: u.task_id.clone(),
+                            attempt: u.attempt,
+                        });
+                    }
                 }
                 let follow_up = full_sync.then(|| desired_for(st, node_id));
-                Ok((freed, follow_up, forbidden))
+                Ok((freed, ended, follow_up, forbidden))
             })
             .await?;
         if let Some(task_id) = forbidden {
@@ -293,7 +302,15 @@ impl Cluster {
             self.kick_scheduler();
         }
         if let Some(desired) = follow_up {
+            // The DesiredSet lets the agent drop what it finished before.
+            self.releases.session_synced(node_id);
             self.send_desired(node_id, desired).await;
+        } else if let Some(attempts) = self.releases.note(node_id, ended) {
+            self.send(
+                node_id,
+                pb::manager_message::Msg::Release(pb::Release { attempts }),
+            )
+            .await;
         }
         Ok(())
     }

@@ -177,6 +177,12 @@ impl Journal {
         self.entries += 1;
     }
 
+    /// Stages a delete of `task_id`, like [`Journal::stage`].
+    pub(super) fn stage_delete(&mut self, task_id: &str) {
+        push_record(&mut self.pending, DELETE, task_id.as_bytes());
+        self.entries += 1;
+    }
+
     /// Writes every staged entry and makes it durable; whether there was any.
     pub(super) fn sync(&mut self) -> io::Result<bool> {
         if self.pending.is_empty() {

@@ -322,6 +322,19 @@ impl LocalStore {
         })
     }
 
+    /// Forgets a task's record like [`LocalStore::delete_task`], durably only
+    /// after the next [`LocalStore::sync`]: for records whose loss in a
+    /// crash does no harm (the manager already has what they hold).
+    pub fn stage_delete(&self, task_id: &str) -> Result<(), StoreError> {
+        Self::check_id(task_id)?;
+        self.change(|inner| {
+            if inner.live.remove(task_id).is_some() {
+                inner.journal.stage_delete(task_id);
+            }
+            Ok(())
+        })
+    }
+
     /// Forgets a task's record (nothing to do for an unknown task).
     pub fn delete_task(&self, task_id: &str) -> Result<(), StoreError> {
         Self::check_id(task_id)?;

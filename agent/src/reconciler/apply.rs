@@ -7,7 +7,7 @@ use minkube::convert::task_state_name;
 use minkube::pb::{self, TaskState};
 use minkube_common::trace_context;
 use tokio::sync::watch;
-use tracing::{debug, info, warn, Instrument as _};
+use tracing::{debug, error, info, warn, Instrument as _};
 
 use super::report::Report;
 
@@ -26,7 +26,31 @@ impl Reconciler {
             Input::DesiredSet(set) => self.on_desired_set(set).await,
             Input::FullSync { session } => self.on_full_sync(session).await,
             Input::NodeId(id) => self.on_node_id(id),
+            Input::Release(r) => self.on_release(r),
         }
+    }
+
+    /// Drops the records of finished attempts the manager has stored. A
+    /// record of another attempt, or of one still running or being stopped,
+    /// stays. The deletions are synced with the round; one lost in a crash
+    /// only brings back a finished record, which the next session settles.
+    fn on_release(&mut self, release: pb::Release) {
+        let mut dropped = 0usize;
+        for a in release.attempts {
+            let Some(e) = self.tasks.get(&a.task_id) else {
+                continue;
+            };
+            if e.rec.attempt() != a.attempt || !e.rec.is_terminal() || !matches!(e.job, Job::Idle) {
+                continue;
+            }
+            if let Err(err) = self.store.stage_delete(&a.task_id) {
+                error!(task_id = %a.task_id, error = %err, "cannot drop a released task record");
+                continue;
+            }
+            self.forget_entry(&a.task_id);
+            dropped += 1;
+        }
+        debug!(dropped, "released task records dropped");
     }
 
     async fn on_assignment(&mut self, a: pb::Assignment, from_desired_set: bool) {

@@ -25,7 +25,7 @@ mod tests_sync;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use minkube::pb;
@@ -66,6 +66,8 @@ pub enum Input {
     },
     /// The manager assigned a different node id.
     NodeId(String),
+    /// Finished attempts the manager has stored: their records can go.
+    Release(pb::Release),
 }
 
 /// What the reconciler hands the session, in order.
@@ -397,10 +399,15 @@ impl Reconciler {
             error!(task_id = %task_id, error = %err, "cannot delete task record");
             return;
         }
+        self.forget_entry(task_id);
+        debug!(task_id = %task_id, "task record deleted");
+    }
+
+    /// Drops the task's entry (its record is already gone from the store).
+    fn forget_entry(&mut self, task_id: &str) {
         if let Some(old) = self.tasks.remove(task_id) {
             self.note_running(old.rec.state(), pb::TaskState::Unspecified);
         }
-        debug!(task_id = %task_id, "task record deleted");
     }
 
     /// Queues a message for the session; [`Reconciler::flush`] sends it.
@@ -412,6 +419,10 @@ impl Reconciler {
     /// then its messages go to the session, in order.
     async fn flush(&mut self) {
         self.sync();
+        static RECORDS: OnceLock<metrics::Gauge> = OnceLock::new();
+        RECORDS
+            .get_or_init(|| metrics::gauge!("minkube_agent_task_records"))
+            .set(self.tasks.len() as f64);
         let mut outbox = std::mem::take(&mut self.outbox);
         for msg in outbox.drain(..) {
             // Fails only while the agent shuts down; the record has the update.

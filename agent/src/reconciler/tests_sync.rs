@@ -187,3 +187,49 @@ async fn a_terminal_task_the_manager_still_lists_is_reported_again() {
     assert_eq!(rt.calls_starting("create").len(), 1, "never restarted");
     h.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn released_finished_attempts_are_dropped_and_others_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let mut h = Harness::start(&rt, dir.path());
+    let done = h.run_task("done").await;
+    rt.exit(&done.container_id, 0, false).await;
+    h.expect("done", TaskState::Completed).await;
+    h.run_task("live").await;
+    let release = |task_id: &str, attempt: u32| pb::ReleasedAttempt {
+        task_id: task_id.into(),
+        attempt,
+    };
+    // Another attempt, a running task, and one the agent never had stay
+    // as they are; only the finished attempt goes.
+    h.send(Input::Release(pb::Release {
+        attempts: vec![
+            release("done", 2),
+            release("live", 1),
+            release("unknown", 1),
+        ],
+    }))
+    .await;
+    h.expect_quiet().await;
+    assert!(h.record("done").is_some());
+    h.send(Input::Release(pb::Release {
+        attempts: vec![release("done", 1)],
+    }))
+    .await;
+    h.expect_quiet().await;
+    assert!(h.record("done").is_none(), "released");
+    assert!(h.record("live").is_some());
+    assert_eq!(h.running(), 1);
+    // Kept for its logs: a released record is not a removed container.
+    assert!(rt.container(&done.container_id).is_some());
+    h.shutdown().await;
+    let ids: Vec<String> = LocalStore::open(dir.path())
+        .unwrap()
+        .load_tasks()
+        .unwrap()
+        .iter()
+        .map(|r| r.task_id().to_string())
+        .collect();
+    assert_eq!(ids, ["live"], "the drop reached the disk");
+}

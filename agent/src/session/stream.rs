@@ -40,6 +40,7 @@ fn to_input(m: pb::ManagerMessage) -> Option<Input> {
         manager_message::Msg::Assignment(a) => Some(Input::Assignment(Box::new(a))),
         manager_message::Msg::Stop(s) => Some(Input::Stop(s)),
         manager_message::Msg::DesiredSet(d) => Some(Input::DesiredSet(d)),
+        manager_message::Msg::Release(r) => Some(Input::Release(r)),
         manager_message::Msg::Welcome(_) => {
             debug!("ignoring a second Welcome");
             None
