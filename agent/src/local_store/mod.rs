@@ -439,6 +439,20 @@ fn read_legacy(dir: &Path, live: &mut Live) -> Result<Vec<PathBuf>, StoreError> 
     Ok(files)
 }
 
+/// Ids of the records a store opened afresh on `dir` holds: what reached
+/// the disk.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn stored_ids(dir: &Path) -> Vec<String> {
+    LocalStore::open(dir)
+        .unwrap()
+        .load_tasks()
+        .unwrap()
+        .iter()
+        .map(|r| r.task_id().to_string())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -567,14 +581,7 @@ mod tests {
         assert!(dir.path().join("tasks.journal.corrupt").exists());
         store.save_task(&record("t-4", 1)).unwrap();
         drop(store);
-        let ids: Vec<_> = LocalStore::open(dir.path())
-            .unwrap()
-            .load_tasks()
-            .unwrap()
-            .iter()
-            .map(|r| r.task_id().to_string())
-            .collect();
-        assert_eq!(ids, ["t-1", "t-4"]);
+        assert_eq!(stored_ids(dir.path()), ["t-1", "t-4"]);
     }
 
     #[test]
