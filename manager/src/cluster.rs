@@ -352,6 +352,36 @@ pub(crate) async fn test_cluster(dir: &std::path::Path) -> Arc<Cluster> {
     Cluster::start(store, ClusterConfig::default()).unwrap()
 }
 
+/// The stream of a node as a unit test sees it.
+#[cfg(test)]
+pub(crate) type TestStream = tokio::sync::mpsc::Receiver<Result<pb::ManagerMessage, tonic::Status>>;
+
+/// Registers node `name` (1 core, `memory_mb`) and attaches a session whose
+/// messages arrive on the returned stream (`buffer` deep), for unit tests.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) async fn test_node(
+    c: &Cluster,
+    name: &str,
+    memory_mb: u64,
+    buffer: usize,
+) -> (String, TestStream) {
+    let node_id = c
+        .register(pb::RegisterRequest {
+            name: name.into(),
+            capacity: Some(pb::Resources {
+                cpu_cores: 1.0,
+                memory_mb,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(buffer);
+    c.attach_session(&node_id, tx).unwrap();
+    (node_id, rx)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -367,19 +397,7 @@ mod tests {
             ..ClusterConfig::default()
         };
         let c = Cluster::start(store, config).unwrap();
-        let node_id = c
-            .register(pb::RegisterRequest {
-                name: "a".into(),
-                capacity: Some(pb::Resources {
-                    cpu_cores: 1.0,
-                    memory_mb: 10_000,
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
-        c.attach_session(&node_id, tx).unwrap();
+        let (_, mut rx) = test_node(&c, "a", 10_000, 2).await;
         for i in 0..10 {
             let spec = pb::TaskSpec {
                 name: format!("t{i}"),

@@ -81,9 +81,7 @@ mod tests {
         assert_eq!(r.note("n1", ended(1)).map(|b| b.len()), Some(RELEASE_BATCH));
     }
 
-    type Stream = tokio::sync::mpsc::Receiver<Result<pb::ManagerMessage, tonic::Status>>;
-
-    async fn next(rx: &mut Stream) -> Option<pb::manager_message::Msg> {
+    async fn next(rx: &mut crate::cluster::TestStream) -> Option<pb::manager_message::Msg> {
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
             .await
             .unwrap_or_else(|e| panic!("no message: {e}"));
@@ -95,20 +93,7 @@ mod tests {
         use std::time::Duration;
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let c = crate::cluster::test_cluster(dir.path()).await;
-        let node_id = c
-            .register(pb::RegisterRequest {
-                name: "a".into(),
-                capacity: Some(pb::Resources {
-                    cpu_cores: 1.0,
-                    memory_mb: 100_000,
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let (tx, mut rx) = tokio::sync::mpsc::channel(256);
-        c.attach_session(&node_id, tx)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let (node_id, mut rx) = crate::cluster::test_node(&c, "a", 100_000, 256).await;
         for i in 0..RELEASE_BATCH {
             let spec = pb::TaskSpec {
                 name: format!("t{i}"),

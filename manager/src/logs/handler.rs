@@ -159,19 +159,7 @@ mod tests {
     async fn running_task(dir: &std::path::Path) -> (Arc<Cluster>, String, String, Down) {
         let store = Arc::new(RedbStore::open(dir).unwrap());
         let c = Cluster::start(store, ClusterConfig::default()).unwrap();
-        let node_id = c
-            .register(pb::RegisterRequest {
-                name: "a".into(),
-                capacity: Some(pb::Resources {
-                    cpu_cores: 1.0,
-                    memory_mb: 10_000,
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let (tx, mut rx) = mpsc::channel(16);
-        c.attach_session(&node_id, tx).unwrap();
+        let (node_id, mut rx) = crate::cluster::test_node(&c, "a", 10_000, 16).await;
         let spec = pb::TaskSpec {
             name: "t".into(),
             image: "busybox".into(),
