@@ -173,14 +173,12 @@ impl Journal {
     /// Stages a put of `record` without touching the file: it is written
     /// and made durable by the next [`Journal::sync`] (or durable append).
     pub(super) fn stage(&mut self, record: &[u8]) {
-        push_record(&mut self.pending, PUT, record);
-        self.entries += 1;
+        self.push(PUT, record);
     }
 
     /// Stages a delete of `task_id`, like [`Journal::stage`].
     pub(super) fn stage_delete(&mut self, task_id: &str) {
-        push_record(&mut self.pending, DELETE, task_id.as_bytes());
-        self.entries += 1;
+        self.push(DELETE, task_id.as_bytes());
     }
 
     /// Writes every staged entry and makes it durable; whether there was any.
@@ -194,10 +192,15 @@ impl Journal {
     }
 
     fn append(&mut self, tag: u32, value: &[u8]) -> io::Result<()> {
-        push_record(&mut self.pending, tag, value);
-        self.entries += 1;
+        self.push(tag, value);
         self.write_pending()?;
         self.file.sync_data()
+    }
+
+    /// Adds an entry to the staged ones.
+    fn push(&mut self, tag: u32, value: &[u8]) {
+        push_record(&mut self.pending, tag, value);
+        self.entries += 1;
     }
 
     /// One write for everything staged. On an error the store rewrites the

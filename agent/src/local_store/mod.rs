@@ -326,22 +326,24 @@ impl LocalStore {
     /// after the next [`LocalStore::sync`]: for records whose loss in a
     /// crash does no harm (the manager already has what they hold).
     pub fn stage_delete(&self, task_id: &str) -> Result<(), StoreError> {
-        Self::check_id(task_id)?;
-        self.change(|inner| {
-            if inner.live.remove(task_id).is_some() {
-                inner.journal.stage_delete(task_id);
-            }
-            Ok(())
-        })
+        self.remove_task(task_id, false)
     }
 
     /// Forgets a task's record (nothing to do for an unknown task).
     pub fn delete_task(&self, task_id: &str) -> Result<(), StoreError> {
+        self.remove_task(task_id, true)
+    }
+
+    fn remove_task(&self, task_id: &str, durable: bool) -> Result<(), StoreError> {
         Self::check_id(task_id)?;
         self.change(|inner| {
             if inner.live.contains_key(task_id) {
-                inner.journal.delete(task_id)?;
-                inner.synced();
+                if durable {
+                    inner.journal.delete(task_id)?;
+                    inner.synced();
+                } else {
+                    inner.journal.stage_delete(task_id);
+                }
                 inner.live.remove(task_id);
             }
             Ok(())
