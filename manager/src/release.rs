@@ -146,4 +146,40 @@ mod tests {
         }
         c.shutdown(Duration::from_secs(1)).await;
     }
+
+    #[tokio::test]
+    async fn ends_the_manager_no_longer_wants_are_released_too() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let c = crate::cluster::test_cluster(dir.path()).await;
+        let (node_id, mut rx) = crate::cluster::test_node(&c, "a", 100_000, 256).await;
+        // E.g. tasks deleted while the node was away: their ends change
+        // nothing here, and the agent need not keep them for a next session.
+        let gone = |i: usize, state: pb::TaskState| pb::TaskStatusUpdate {
+            task_id: format!("gone{i}"),
+            attempt: 1,
+            sequence: 1,
+            state: state as i32,
+            ..Default::default()
+        };
+        let batch = pb::StatusBatch {
+            updates: (0..RELEASE_BATCH)
+                .map(|i| gone(i, pb::TaskState::Failed))
+                .chain([gone(RELEASE_BATCH, pb::TaskState::Running)])
+                .collect(),
+            full_sync: false,
+        };
+        c.apply_status(&node_id, batch)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let Some(pb::manager_message::Msg::Release(r)) = next(&mut rx).await else {
+            panic!("no Release for {RELEASE_BATCH} superseded ends");
+        };
+        let mut released: Vec<String> = r.attempts.into_iter().map(|a| a.task_id).collect();
+        released.sort();
+        let mut want: Vec<String> = (0..RELEASE_BATCH).map(|i| format!("gone{i}")).collect();
+        want.sort();
+        assert_eq!(released, want, "a running report is not an end");
+        c.shutdown(Duration::from_secs(1)).await;
+    }
 }

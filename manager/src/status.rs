@@ -22,7 +22,13 @@ pub enum Applied {
     Changed,
     /// Known, current, but nothing new (e.g. a repeated report).
     Unchanged,
-    /// Ignored: unknown task, other node, old attempt or stale sequence.
+    /// Ignored, and this node's attempt is over for good: the task finished
+    /// or is gone, or a newer attempt has it. A terminal report of such an
+    /// attempt can be released like an applied one: no DesiredSet will ask
+    /// the node for it again.
+    Superseded(&'static str),
+    /// Ignored for now: a stale sequence, an impossible change, a malformed
+    /// update, or an attempt this manager does not know yet.
     Ignored(&'static str),
     /// The node reported an attempt that was never placed on it: not a
     /// stale report but one node speaking for another.
@@ -100,10 +106,11 @@ pub fn apply_update(
         // E.g. a returning node reports stopping a container of a task the
         // manager already ended. Nothing can change a finished task, and its
         // history (which node ran which attempt) is no longer in memory.
-        return Applied::Ignored("task already finished");
+        return Applied::Superseded("task already finished");
     }
     let Some(e) = st.tasks.get_mut(&u.task_id) else {
-        return Applied::Ignored("unknown task");
+        // Deleted, or never created: nothing will be placed for it.
+        return Applied::Superseded("unknown task");
     };
     let status = e.status();
     if status.node_id != node_id {
@@ -113,11 +120,15 @@ pub fn apply_update(
             .events
             .iter()
             .any(|ev| ev.attempt == u.attempt && ev.node_id == node_id);
+        // Every move is a new attempt, so the one it ran is over.
         return if ran_it {
-            Applied::Ignored("task is placed on another node")
+            Applied::Superseded("task is placed on another node")
         } else {
             Applied::Forbidden
         };
+    }
+    if u.attempt < status.attempt {
+        return Applied::Superseded("update for an earlier attempt");
     }
     if u.attempt != status.attempt {
         return Applied::Ignored("update for another attempt");
@@ -273,7 +284,7 @@ impl Cluster {
                     if applied == Applied::Forbidden {
                         forbidden.get_or_insert_with(|| u.task_id.clone());
                     }
-                    if let Applied::Ignored(why) = applied {
+                    if let Applied::Ignored(why) | Applied::Superseded(why) = applied {
                         tracing::debug!(node_id, task_id = %u.task_id, why, "update ignored");
                     }
                     let terminal = state_machine::is_terminal(
@@ -281,8 +292,13 @@ impl Cluster {
                     );
                     freed |= applied == Applied::Changed && terminal;
                     // The manager has (or, once this write is durable, will
-                    // have) this attempt's end: the agent may drop it.
-                    if terminal && matches!(applied, Applied::Changed | Applied::Unchanged) {
+                    // have) this attempt's end, or no longer wants it: the
+                    // agent may drop it.
+                    let settled = matches!(
+                        applied,
+                        Applied::Changed | Applied::Unchanged | Applied::Superseded(_)
+                    );
+                    if terminal && settled {
                         ended.push(pb::ReleasedAttempt {
                             task_id: u.task_id.clone(),
                             attempt: u.attempt,
@@ -419,7 +435,7 @@ mod tests {
                 &update("t", 2, TaskState::Running),
                 &mut out
             ),
-            Applied::Ignored("task already finished")
+            Applied::Superseded("task already finished")
         );
         assert_eq!(st.tasks.get("t").unwrap().state(), TaskState::Completed);
         assert_eq!(st.tasks.get("t").unwrap().status().exit_code, Some(0));
@@ -442,7 +458,7 @@ mod tests {
                 &update("t", 1, TaskState::Running),
                 &mut out
             ),
-            Applied::Ignored("task is placed on another node")
+            Applied::Superseded("task is placed on another node")
         );
     }
 
@@ -461,7 +477,7 @@ mod tests {
             let late = update("t", 2, TaskState::Failed);
             assert!(matches!(
                 apply_update(&mut st, node, &T, &late, &mut out),
-                Applied::Ignored(_)
+                Applied::Superseded(_)
             ));
         }
         assert_eq!(st.tasks.get("t").unwrap().state(), TaskState::Completed);
@@ -499,8 +515,29 @@ mod tests {
                 &update("nope", 1, TaskState::Running),
                 &mut out
             ),
-            Applied::Ignored("unknown task")
+            Applied::Superseded("unknown task")
         );
+    }
+
+    #[test]
+    fn an_earlier_attempt_on_the_same_node_is_superseded() {
+        let mut st = State::default();
+        placed(&mut st, "t", "n1");
+        if let Some(e) = st.tasks.get_mut("t") {
+            e.task.status.get_or_insert_with(Default::default).attempt = 2;
+        }
+        let mut out = Vec::new();
+        assert_eq!(
+            apply_update(
+                &mut st,
+                "n1",
+                &T,
+                &update("t", 1, TaskState::Failed),
+                &mut out
+            ),
+            Applied::Superseded("update for an earlier attempt")
+        );
+        assert_eq!(st.tasks.get("t").unwrap().state(), TaskState::Scheduled);
     }
 
     #[test]
@@ -530,7 +567,7 @@ mod tests {
         late.attempt = 1;
         assert_eq!(
             apply_update(&mut st, "n1", &T, &late, &mut out),
-            Applied::Ignored("task is placed on another node")
+            Applied::Superseded("task is placed on another node")
         );
 
         // The third transient failure gives up, and counts.
