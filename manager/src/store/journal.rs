@@ -2,19 +2,29 @@
 //!
 //! ```text
 //! <data-dir>/journal/<segment, 20 digits>.log
-//! segment = "MKJRNL02" record* zeros
+//! segment = "MKJRNL03" record* rest
 //! record  = payload length (u32 LE) | CRC-32 of payload (u32 LE)
-//!           | CRC-32 of the 8 bytes before (u32 LE) | payload
+//!           | segment number, low 32 bits (u32 LE)
+//!           | CRC-32 of the 12 bytes before (u32 LE) | payload
 //! payload = Entry*, each as field 1 (length-delimited): one group commit
+//! rest    = zeros (a new file), or what an earlier use of the file left
 //! ```
 //!
 //! Appending one record and one `fdatasync` is all a commit costs: a few KiB
-//! written into a file made full-size with zeros beforehand, so the sync
-//! writes those pages and no file-size or block-allocation change. A crash
-//! can only damage the record being written, which was never acknowledged:
-//! the reader reports it as a torn tail. Entries carry each record's key
-//! next to its encoded bytes, so a checkpoint moves bytes into the B-tree
-//! without decoding them.
+//! written into a file that is full-size beforehand, so the sync writes
+//! those pages and no file-size or block-allocation change. A new file is
+//! made full of zeros; once a segment's changes are in the B-tree its file is
+//! *recycled* as a later segment, which spares writing (and syncing) 2 MiB
+//! of zeros per segment on the disk the commits wait on. Each record names
+//! its segment, so the records an earlier use left after the last one read
+//! as the end. A crash can only damage the record being written, which was
+//! never acknowledged: the reader reports it as a torn tail. Entries carry
+//! each record's key next to its encoded bytes, so a checkpoint moves bytes
+//! into the B-tree without decoding them.
+//!
+//! Segments of the previous format (`"MKJRNL02"`: no segment number in the
+//! header, zeros after the records) are still read, so a journal a crash
+//! left behind is applied after an upgrade; they are never written.
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::ops::Range;
@@ -37,8 +47,11 @@ pub(super) const DIR: &str = "journal";
 /// under 20,000 CreateTasks/s showed as a latency spike), large enough that
 /// most tasks' four puts still meet in one segment.
 pub(super) const SEGMENT_BYTES: u64 = 2 * 1024 * 1024;
-const MAGIC: &[u8; 8] = b"MKJRNL02";
-const RECORD_HEADER: usize = 12;
+const MAGIC: &[u8; 8] = b"MKJRNL03";
+/// The previous format: read, never written.
+const MAGIC_V2: &[u8; 8] = b"MKJRNL02";
+const RECORD_HEADER: usize = 16;
+const RECORD_HEADER_V2: usize = 12;
 const EXT: &str = "log";
 /// Segments made ready ahead of need (not `.log`: never read as segments).
 const SPARE_EXT: &str = "spare";
@@ -46,6 +59,31 @@ const SPARE_EXT: &str = "spare";
 const SPARE_CHUNK: usize = 128 * 1024;
 /// Pause between a spare's chunks: see [`prepare`].
 const SPARE_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// The header field naming a record's segment: the low 32 bits of its
+/// number (files are reused among recent segments, never 2^32 apart).
+fn segment_tag(seq: u64) -> [u8; 4] {
+    let b = seq.to_le_bytes();
+    [b[0], b[1], b[2], b[3]]
+}
+
+/// How a segment's records are framed, from its first 8 bytes.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    /// `MKJRNL02`: 12-byte headers, zeros after the records.
+    V2,
+    /// `MKJRNL03`: 16-byte headers naming the segment (its tag here).
+    V3([u8; 4]),
+}
+
+impl Framing {
+    fn header_len(self) -> usize {
+        match self {
+            Framing::V2 => RECORD_HEADER_V2,
+            Framing::V3(_) => RECORD_HEADER,
+        }
+    }
+}
 
 // Entry tags (one field per entry).
 const PUT_TASK: u32 = 1;
@@ -426,8 +464,9 @@ impl SegmentWriter {
         let crc = crc32fast::hash(&self.buf[RECORD_HEADER..]);
         self.buf[..4].copy_from_slice(&payload.to_le_bytes());
         self.buf[4..8].copy_from_slice(&crc.to_le_bytes());
-        let header_crc = crc32fast::hash(&self.buf[..8]);
-        self.buf[8..RECORD_HEADER].copy_from_slice(&header_crc.to_le_bytes());
+        self.buf[8..12].copy_from_slice(&segment_tag(self.seq));
+        let header_crc = crc32fast::hash(&self.buf[..12]);
+        self.buf[12..RECORD_HEADER].copy_from_slice(&header_crc.to_le_bytes());
         if let Err(error) = self.file.write_all_at(&self.buf, self.len) {
             let fatal = !self.wipe_from_end(self.buf.len() as u64);
             return Err(AppendError { error, fatal });
@@ -480,34 +519,45 @@ impl Segment {
     }
 }
 
-/// The payload range of a whole, intact record starting at `at`.
-fn record_at(bytes: &[u8], at: usize) -> Option<Range<usize>> {
-    let header = bytes.get(at..at + RECORD_HEADER)?;
-    if header.iter().all(|&b| b == 0) {
-        return None; // the unused part (fast path for the scan below)
-    }
+/// The payload range of a whole, intact record of this segment starting
+/// at `at`.
+fn record_at(bytes: &[u8], at: usize, framing: Framing) -> Option<Range<usize>> {
+    let header = bytes.get(at..at + framing.header_len())?;
+    // Cheap checks first: readers scan the unused part byte by byte.
+    let crc_at = match framing {
+        Framing::V3(tag) if header[8..12] == tag => 12,
+        // Zeros, or an earlier use's record.
+        Framing::V3(_) => return None,
+        Framing::V2 if header.iter().all(|&b| b == 0) => return None,
+        Framing::V2 => 8,
+    };
     let word =
         |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
-    if crc32fast::hash(&header[..8]) != word(8) {
+    if crc32fast::hash(&header[..crc_at]) != word(crc_at) {
         return None;
     }
     let len = word(0) as usize;
-    let start = at + RECORD_HEADER;
+    let start = at + header.len();
     let payload = bytes.get(start..start.checked_add(len)?)?;
     (len > 0 && crc32fast::hash(payload) == word(4)).then_some(start..start + len)
 }
 
-/// Reads a segment. Where the records stop, the rest must be zeros (the
-/// unused part), or the remains of one unfinished record (a torn tail); an
-/// intact record after damage means acknowledged changes were damaged: an
-/// error naming the file and offset.
-pub(super) fn read_segment(path: &Path) -> Result<Segment, String> {
-    read_segment_into(path, Vec::new())
+/// Reads segment `seq`. Where its records stop comes the unused part (zeros,
+/// or records of an earlier use of the file), or the remains of one
+/// unfinished record (a torn tail); an intact record of this segment after
+/// damage means acknowledged changes were damaged: an error naming the file
+/// and offset.
+pub(super) fn read_segment(path: &Path, seq: u64) -> Result<Segment, String> {
+    read_segment_into(path, seq, Vec::new())
 }
 
 /// [`read_segment`] into `buf` (cleared first), so a caller reading one
 /// segment after another reuses one allocation.
-pub(super) fn read_segment_into(path: &Path, mut buf: Vec<u8>) -> Result<Segment, String> {
+pub(super) fn read_segment_into(
+    path: &Path,
+    seq: u64,
+    mut buf: Vec<u8>,
+) -> Result<Segment, String> {
     use std::io::Read as _;
     buf.clear();
     fs::File::open(path)
@@ -515,31 +565,40 @@ pub(super) fn read_segment_into(path: &Path, mut buf: Vec<u8>) -> Result<Segment
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let bytes = buf;
     let mut out = Segment::default();
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        return Err(format!(
-            "{} is not a journal segment of this version",
-            path.display()
-        ));
-    }
+    let framing = match bytes.get(..MAGIC.len()) {
+        Some(m) if m == MAGIC => Framing::V3(segment_tag(seq)),
+        Some(m) if m == MAGIC_V2 => Framing::V2,
+        _ => {
+            return Err(format!(
+                "{} is not a journal segment of this version",
+                path.display()
+            ))
+        }
+    };
     let mut at = MAGIC.len();
-    while at < bytes.len() {
-        if let Some(r) = record_at(&bytes, at) {
-            at = r.end;
-            out.records.push(r);
-            continue;
-        }
-        let rest = &bytes[at..];
-        if rest.iter().all(|&b| b == 0) {
-            break; // the unused part
-        }
-        if let Some(later) = (at + 1..bytes.len()).find(|&i| record_at(&bytes, i).is_some()) {
+    while let Some(r) = record_at(&bytes, at, framing) {
+        at = r.end;
+        out.records.push(r);
+    }
+    let begun = match framing {
+        // Something other than zeros: a record was being written.
+        Framing::V2 => bytes[at..].iter().any(|&b| b != 0),
+        // A header naming this segment: a record was being written (what
+        // else follows is an earlier use's, or zeros).
+        Framing::V3(tag) => bytes.get(at + 8..at + 12) == Some(&tag[..]),
+    };
+    if begun || matches!(framing, Framing::V3(_)) {
+        if let Some(later) =
+            (at + 1..bytes.len()).find(|&i| record_at(&bytes, i, framing).is_some())
+        {
             return Err(format!(
                 "{} is damaged at byte {at}: the record there is unreadable and an intact one follows at byte {later}",
                 path.display()
             ));
         }
+    }
+    if begun {
         out.torn_tail = Some(format!("an unfinished record at byte {at}"));
-        break;
     }
     out.bytes = bytes;
     Ok(out)

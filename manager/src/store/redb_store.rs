@@ -5,7 +5,8 @@
 //! answer promises. When the segment is full, a
 //! checkpointer thread applies it to the B-tree in one transaction — the four
 //! puts of a task's life become one — records the segment's number in the
-//! same transaction, and deletes the file. At start-up, segments the tree
+//! same transaction, and keeps the file as a spare for a later segment (or
+//! deletes it). At start-up, segments the tree
 //! does not hold yet are applied first; a clean shutdown applies everything,
 //! so a stopped manager's data dir holds only `state.redb`.
 //!
@@ -34,6 +35,9 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// so under load it yields the CPU to requests instead of adding to their
 /// latency.
 const CHECKPOINT_NICE: i32 = 10;
+/// Spare segment files kept ready: two, so a seal finds one even while the
+/// checkpointer is busy with the segment before.
+const SPARES: usize = 2;
 
 /// The embedded [`Store`].
 pub struct RedbStore {
@@ -74,9 +78,10 @@ struct Shared {
     stopping: bool,
     /// Why the last checkpoint failed (cleared by a success).
     checkpoint_error: Option<String>,
-    /// A full-size empty segment the checkpointer made ready for the next
-    /// seal, so the committer never waits for one to be written.
-    spare: Option<PathBuf>,
+    /// Full-size files ready to become the next segments, so a seal never
+    /// waits for one to be written: applied segments recycled, or (at
+    /// start, or when none was left) new ones the checkpointer wrote.
+    spares: Vec<PathBuf>,
     /// Number for the next spare's file name.
     spares_made: u64,
 }
@@ -163,7 +168,7 @@ fn recover(tree: &BTree, dir: &Path) -> Result<u64, StoreError> {
             applied.push(path);
             continue;
         }
-        let segment = journal::read_segment(path).map_err(|message| StoreError::Corrupt {
+        let segment = journal::read_segment(path, *seq).map_err(|message| StoreError::Corrupt {
             key: path.display().to_string(),
             message: format!(
                 "{message}; to start without its changes and those of later segments, \
@@ -311,7 +316,7 @@ impl Inner {
         };
         let seq = current.seq();
         if reopen {
-            let spare = lock(&self.shared).spare.take();
+            let spare = lock(&self.shared).spares.pop();
             match SegmentWriter::create(&self.dir, seq + 1, spare.as_deref()) {
                 Ok(next) => w.segment = Some(next),
                 Err(e) => {
@@ -368,12 +373,11 @@ impl Inner {
 
     fn checkpoint(&self, seq: u64, scratch: &mut Scratch) -> Result<(), StoreError> {
         let path = journal::segment_path(&self.dir, seq);
-        let segment = journal::read_segment_into(&path, std::mem::take(&mut scratch.buf)).map_err(
-            |message| StoreError::Corrupt {
+        let segment = journal::read_segment_into(&path, seq, std::mem::take(&mut scratch.buf))
+            .map_err(|message| StoreError::Corrupt {
                 key: path.display().to_string(),
                 message,
-            },
-        )?;
+            })?;
         let result = self.apply_segment(seq, &path, &segment, &mut scratch.ops);
         scratch.buf = segment.into_bytes();
         result
@@ -404,10 +408,38 @@ impl Inner {
         self.tree.apply(&ops, Some(seq))?;
         // The tree records the segment as applied: a file that outlives a
         // crash here is skipped at start-up.
+        self.recycle(path);
+        Ok(())
+    }
+
+    /// Keeps an applied segment's file as a spare while fewer than
+    /// [`SPARES`] are ready, else removes it. Reused, it spares writing and
+    /// syncing a new file full of zeros (on the disk the commits wait on),
+    /// and its pages are in the cache from the read just done. Not synced:
+    /// after a crash the file is either the applied segment (skipped and
+    /// removed at start-up) or a spare (removed).
+    fn recycle(&self, path: &Path) {
+        let spare = {
+            let mut shared = lock(&self.shared);
+            (shared.spares.len() < SPARES && !shared.stopping).then(|| {
+                shared.spares_made += 1;
+                journal::spare_path(&self.dir, shared.spares_made)
+            })
+        };
+        if let Some(spare) = spare {
+            match std::fs::rename(path, &spare) {
+                Ok(()) => {
+                    lock(&self.shared).spares.push(spare);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, segment = %path.display(), "cannot keep an applied journal segment as a spare");
+                }
+            }
+        }
         if let Err(e) = std::fs::remove_file(path) {
             tracing::warn!(error = %e, segment = %path.display(), "cannot remove an applied journal segment");
         }
-        Ok(())
     }
 
     fn run_checkpointer(&self) {
@@ -418,7 +450,8 @@ impl Inner {
         loop {
             let make_spare = {
                 let mut shared = lock(&self.shared);
-                while shared.sealed.is_empty() && shared.spare.is_some() && !shared.stopping {
+                while shared.sealed.is_empty() && shared.spares.len() >= SPARES && !shared.stopping
+                {
                     shared = self
                         .changed
                         .wait(shared)
@@ -427,14 +460,17 @@ impl Inner {
                 if shared.sealed.is_empty() && shared.stopping {
                     return; // nothing left
                 }
-                (shared.spare.is_none() && !shared.stopping).then(|| {
+                // A sealed segment first: applying it also recycles its
+                // file as a spare, which is quicker and cheaper than
+                // writing one.
+                (shared.sealed.is_empty() && !shared.stopping).then(|| {
                     shared.spares_made += 1;
                     journal::spare_path(&self.dir, shared.spares_made)
                 })
             };
             if let Some(path) = make_spare {
                 match journal::prepare(&path, true) {
-                    Ok(()) => lock(&self.shared).spare = Some(path),
+                    Ok(()) => lock(&self.shared).spares.push(path),
                     Err(e) => {
                         // Seals then write the next segment themselves.
                         tracing::warn!(error = %e, spare = %path.display(), "cannot make a spare journal segment");
@@ -532,7 +568,7 @@ impl Drop for RedbStore {
         if let Err(e) = self.inner.checkpoint_all(false) {
             tracing::error!(error = %e, "final journal checkpoint failed; the next start applies the journal");
         }
-        if let Some(spare) = lock(&self.inner.shared).spare.take() {
+        for spare in std::mem::take(&mut lock(&self.inner.shared).spares) {
             let _ = std::fs::remove_file(spare);
         }
     }

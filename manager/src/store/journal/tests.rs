@@ -88,8 +88,8 @@ fn owned(op: Op<'_>) -> Mutation {
     }
 }
 
-fn read_back(path: &Path) -> Vec<Mutation> {
-    read_segment(path)
+fn read_back(path: &Path, seq: u64) -> Vec<Mutation> {
+    read_segment(path, seq)
         .unwrap()
         .ops(0)
         .unwrap()
@@ -112,8 +112,8 @@ fn records_read_back_as_written() {
     let all = every_kind();
     w.append(&all[..2]).unwrap();
     w.append(&all[2..]).unwrap();
-    assert_eq!(read_back(&path), all);
-    let seg = read_segment(&path).unwrap();
+    assert_eq!(read_back(&path, 3), all);
+    let seg = read_segment(&path, 3).unwrap();
     assert_eq!(seg.records(), 2);
     assert!(
         seg.torn_tail.is_none(),
@@ -131,7 +131,7 @@ fn a_segment_is_made_from_the_spare_when_one_is_ready() {
     let mut w = SegmentWriter::create(dir.path(), 1, Some(&spare)).unwrap();
     assert!(!spare.exists());
     w.append(&every_kind()).unwrap();
-    assert_eq!(read_back(&segment_path(dir.path(), 1)), every_kind());
+    assert_eq!(read_back(&segment_path(dir.path(), 1), 1), every_kind());
     prepare(&spare_path(dir.path(), 5), false).unwrap();
     assert_eq!(
         list_segments(dir.path()).unwrap().len(),
@@ -149,7 +149,7 @@ fn two_records() -> (tempfile::TempDir, PathBuf, Range<usize>) {
     w.append(&every_kind()).unwrap();
     w.append(&every_kind()).unwrap();
     let path = segment_path(dir.path(), 1);
-    let second = read_segment(&path).unwrap().records[1].clone();
+    let second = read_segment(&path, 1).unwrap().records[1].clone();
     (dir, path, second)
 }
 
@@ -158,36 +158,117 @@ fn an_unfinished_last_record_is_a_torn_tail() {
     let (_dir, path, second) = two_records();
     let full = fs::read(&path).unwrap();
     let header = second.start - RECORD_HEADER;
-    // Zeroed ranges: payload cut short, header cut short, header missing
-    // but payload there.
-    let cases = [
-        second.end - 5..second.end,
-        header + 6..second.end,
-        header..header + RECORD_HEADER,
-    ];
-    for zeroed in cases {
+    // Zeroed ranges: payload cut short, the header's own CRC cut short.
+    for zeroed in [second.end - 5..second.end, header + 12..second.end] {
         let mut bytes = full.clone();
         bytes[zeroed].fill(0);
         fs::write(&path, &bytes).unwrap();
-        let seg = read_segment(&path).unwrap();
+        let seg = read_segment(&path, 1).unwrap();
         assert_eq!(seg.records(), 1);
         assert!(seg.torn_tail.unwrap().contains(&format!("byte {header}")));
     }
+    // Without a header naming this segment nothing says a record was begun
+    // there (what follows the last record may be an earlier use's): the
+    // end, quietly. It was never acknowledged either way.
+    let mut bytes = full.clone();
+    bytes[header..header + RECORD_HEADER].fill(0);
+    fs::write(&path, &bytes).unwrap();
+    let seg = read_segment(&path, 1).unwrap();
+    assert_eq!(seg.records(), 1);
+    assert!(seg.torn_tail.is_none());
 }
 
 #[test]
 fn damage_before_an_intact_record_is_an_error_naming_the_file() {
     let (_dir, path, _) = two_records();
-    let mut bytes = fs::read(&path).unwrap();
-    bytes[MAGIC.len() + RECORD_HEADER + 4] ^= 0xff;
-    fs::write(&path, &bytes).unwrap();
-    let e = read_segment(&path).unwrap_err();
-    assert!(e.contains("00000000000000000001.log"), "{e}");
-    assert!(e.contains("an intact one follows"), "{e}");
+    let full = fs::read(&path).unwrap();
+    // A payload byte, then the segment number in the header.
+    for at in [MAGIC.len() + RECORD_HEADER + 4, MAGIC.len() + 8] {
+        let mut bytes = full.clone();
+        bytes[at] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        let e = read_segment(&path, 1).unwrap_err();
+        assert!(e.contains("00000000000000000001.log"), "{e}");
+        assert!(e.contains("an intact one follows"), "{e}");
+    }
     fs::write(&path, b"something else entirely").unwrap();
-    assert!(read_segment(&path)
+    assert!(read_segment(&path, 1)
         .unwrap_err()
         .contains("not a journal segment"));
+}
+
+#[test]
+fn a_recycled_file_reads_as_its_new_segment_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = SegmentWriter::create(dir.path(), 1, None).unwrap();
+    for _ in 0..50 {
+        w.append(&every_kind()).unwrap();
+    }
+    drop(w);
+    // Applied: kept as a spare, then made segment 3 (2 took a new file).
+    let spare = spare_path(dir.path(), 1);
+    fs::rename(segment_path(dir.path(), 1), &spare).unwrap();
+    let mut w = SegmentWriter::create(dir.path(), 3, Some(&spare)).unwrap();
+    let path = segment_path(dir.path(), 3);
+    let seg = read_segment(&path, 3).unwrap();
+    assert_eq!(seg.records(), 0, "segment 1's records are not 3's");
+    assert!(seg.torn_tail.is_none());
+
+    let first = &every_kind()[..3];
+    w.append(first).unwrap();
+    w.append(&every_kind()[5..6]).unwrap();
+    let seg = read_segment(&path, 3).unwrap();
+    assert_eq!(seg.records(), 2);
+    assert!(
+        seg.torn_tail.is_none(),
+        "segment 1's records after the last one are the unused part"
+    );
+    let mut want = first.to_vec();
+    want.extend_from_slice(&every_kind()[5..6]);
+    assert_eq!(read_back(&path, 3), want);
+
+    // Damage is still found among segment 1's leftovers.
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[MAGIC.len() + RECORD_HEADER] ^= 0xff;
+    fs::write(&path, &bytes).unwrap();
+    assert!(read_segment(&path, 3)
+        .unwrap_err()
+        .contains("an intact one follows"));
+}
+
+/// A segment as the previous format wrote it: 12-byte headers.
+fn v2_segment(path: &Path, batches: &[&[Mutation]]) {
+    let mut bytes = MAGIC_V2.to_vec();
+    for batch in batches {
+        let mut payload = Vec::new();
+        encode_payload(batch, &mut payload);
+        let len = u32::try_from(payload.len()).unwrap().to_le_bytes();
+        let mut header = [len, crc32fast::hash(&payload).to_le_bytes()].concat();
+        header.extend_from_slice(&crc32fast::hash(&header).to_le_bytes());
+        bytes.extend_from_slice(&header);
+        bytes.extend_from_slice(&payload);
+    }
+    bytes.resize(64 * 1024, 0);
+    fs::write(path, &bytes).unwrap();
+}
+
+#[test]
+fn segments_of_the_previous_format_are_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = segment_path(dir.path(), 7);
+    let all = every_kind();
+    v2_segment(&path, &[&all[..2], &all[2..]]);
+    assert_eq!(read_back(&path, 7), all);
+    assert!(read_segment(&path, 7).unwrap().torn_tail.is_none());
+
+    // Its rules too: what is not zeros after the records was begun.
+    let end = fs::read(&path).unwrap().len();
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[end - 1] = 1;
+    fs::write(&path, &bytes).unwrap();
+    let seg = read_segment(&path, 7).unwrap();
+    assert_eq!(seg.records(), 2);
+    assert!(seg.torn_tail.is_some());
 }
 
 #[test]
@@ -202,7 +283,7 @@ fn a_failed_write_leaves_the_segment_as_it_was() {
     // Nor can the attempt be wiped through that handle: nothing more may go in.
     assert!(e.fatal);
     assert_eq!(w.len(), before);
-    assert_eq!(read_back(&segment_path(dir.path(), 1)), every_kind());
+    assert_eq!(read_back(&segment_path(dir.path(), 1), 1), every_kind());
 }
 
 #[test]

@@ -255,3 +255,47 @@ fn a_second_store_on_the_same_dir_is_refused() {
     let _s = RedbStore::open(dir.path()).unwrap();
     assert!(RedbStore::open(dir.path()).is_err());
 }
+
+#[test]
+fn applied_segments_are_reused_and_read_back_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = RedbStore::open(dir.path()).unwrap();
+    let spares = |s: &RedbStore| lock(&s.inner.shared).spares.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while spares(&s).len() < SPARES && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(spares(&s).len(), SPARES, "new files made at start");
+
+    // Segment 1 applied: its file is kept as the next spare.
+    s.commit(&[task("t1", 1), event("t1", 0, "accepted")])
+        .unwrap();
+    s.inner.checkpoint_all(true).unwrap();
+    let kept = spares(&s);
+    assert_eq!(kept.len(), SPARES, "one taken by the seal, one given back");
+    let reused = kept.last().unwrap().clone();
+    let bytes = std::fs::read(&reused).unwrap();
+    assert!(
+        bytes[16..].iter().any(|&b| b != 0),
+        "the spare is segment 1's file, records and all"
+    );
+
+    // The next seal makes segment 3 of it; a crash leaves it to be read.
+    s.commit(&[task("t2", 1)]).unwrap();
+    s.inner.checkpoint_all(true).unwrap();
+    assert!(!reused.exists());
+    assert_eq!(journal_files(dir.path()), [3]);
+    s.commit(&[task("t3", 1), event("t3", 0, "accepted")])
+        .unwrap();
+    let copy = crash_copy(dir.path());
+    drop(s);
+    let s = RedbStore::open(copy.path()).unwrap();
+    assert_eq!(
+        tasks(&s),
+        [
+            ("t1".to_string(), 1, 1),
+            ("t2".to_string(), 1, 0),
+            ("t3".to_string(), 1, 1)
+        ]
+    );
+}
