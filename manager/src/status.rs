@@ -389,52 +389,32 @@ mod tests {
         }
     }
 
+    /// What became of `u`, reported by `node` (the mutations dropped).
+    fn report(st: &mut State, node: &str, u: &pb::TaskStatusUpdate) -> Applied {
+        apply_update(st, node, &T, u, &mut Vec::new())
+    }
+
     #[test]
     fn applies_in_sequence_and_drops_stale() {
         let mut st = State::default();
         placed(&mut st, "t", "n1");
-        let mut out = Vec::new();
         assert_eq!(
-            apply_update(
-                &mut st,
-                "n1",
-                &T,
-                &update("t", 1, TaskState::Running),
-                &mut out
-            ),
+            report(&mut st, "n1", &update("t", 1, TaskState::Running)),
             Applied::Changed
         );
         assert_eq!(st.tasks.get("t").unwrap().status().container_id, "c1");
         // A repeat of a sequence already applied changes nothing.
         assert_eq!(
-            apply_update(
-                &mut st,
-                "n1",
-                &T,
-                &update("t", 1, TaskState::Running),
-                &mut out
-            ),
+            report(&mut st, "n1", &update("t", 1, TaskState::Running)),
             Applied::Ignored("stale sequence")
         );
         assert_eq!(
-            apply_update(
-                &mut st,
-                "n1",
-                &T,
-                &update("t", 3, TaskState::Completed),
-                &mut out
-            ),
+            report(&mut st, "n1", &update("t", 3, TaskState::Completed)),
             Applied::Changed
         );
         // Arrives late: must not resurrect the task.
         assert_eq!(
-            apply_update(
-                &mut st,
-                "n1",
-                &T,
-                &update("t", 2, TaskState::Running),
-                &mut out
-            ),
+            report(&mut st, "n1", &update("t", 2, TaskState::Running)),
             Applied::Superseded("task already finished")
         );
         assert_eq!(st.tasks.get("t").unwrap().state(), TaskState::Completed);
@@ -449,15 +429,8 @@ mod tests {
         if let Some(e) = st.tasks.get_mut("t") {
             e.task.status.get_or_insert_with(Default::default).node_id = "n2".into();
         }
-        let mut out = Vec::new();
         assert_eq!(
-            apply_update(
-                &mut st,
-                "n1",
-                &T,
-                &update("t", 1, TaskState::Running),
-                &mut out
-            ),
+            report(&mut st, "n1", &update("t", 1, TaskState::Running)),
             Applied::Superseded("task is placed on another node")
         );
     }
@@ -466,17 +439,13 @@ mod tests {
     fn reports_about_finished_tasks_change_nothing() {
         let mut st = State::default();
         placed(&mut st, "t", "n1");
-        let mut out = Vec::new();
         let done = update("t", 1, TaskState::Completed);
-        assert_eq!(
-            apply_update(&mut st, "n1", &T, &done, &mut out),
-            Applied::Changed
-        );
+        assert_eq!(report(&mut st, "n1", &done), Applied::Changed);
         // Its history is no longer in memory; any node's late word is dropped.
         for node in ["n2", "n1"] {
             let late = update("t", 2, TaskState::Failed);
             assert!(matches!(
-                apply_update(&mut st, node, &T, &late, &mut out),
+                report(&mut st, node, &late),
                 Applied::Superseded(_)
             ));
         }
@@ -487,34 +456,24 @@ mod tests {
     fn ignores_other_nodes_attempts_and_impossible_changes() {
         let mut st = State::default();
         placed(&mut st, "t", "n1");
-        let mut out = Vec::new();
         let u = update("t", 1, TaskState::Running);
         // n2 never had this attempt: it speaks for another node.
-        assert_eq!(
-            apply_update(&mut st, "n2", &T, &u, &mut out),
-            Applied::Forbidden
-        );
+        assert_eq!(report(&mut st, "n2", &u), Applied::Forbidden);
         let mut old = u.clone();
         old.attempt = 7;
         assert_eq!(
-            apply_update(&mut st, "n1", &T, &old, &mut out),
+            report(&mut st, "n1", &old),
             Applied::Ignored("update for another attempt")
         );
         let mut bad = update("t", 2, TaskState::Pending);
         bad.reason = "x".into();
         assert_eq!(
-            apply_update(&mut st, "n1", &T, &bad, &mut out),
+            report(&mut st, "n1", &bad),
             Applied::Ignored("illegal transition")
         );
         assert_eq!(st.tasks.get("t").unwrap().state(), TaskState::Scheduled);
         assert_eq!(
-            apply_update(
-                &mut st,
-                "n1",
-                &T,
-                &update("nope", 1, TaskState::Running),
-                &mut out
-            ),
+            report(&mut st, "n1", &update("nope", 1, TaskState::Running)),
             Applied::Superseded("unknown task")
         );
     }
@@ -526,15 +485,8 @@ mod tests {
         if let Some(e) = st.tasks.get_mut("t") {
             e.task.status.get_or_insert_with(Default::default).attempt = 2;
         }
-        let mut out = Vec::new();
         assert_eq!(
-            apply_update(
-                &mut st,
-                "n1",
-                &T,
-                &update("t", 1, TaskState::Failed),
-                &mut out
-            ),
+            report(&mut st, "n1", &update("t", 1, TaskState::Failed)),
             Applied::Superseded("update for an earlier attempt")
         );
         assert_eq!(st.tasks.get("t").unwrap().state(), TaskState::Scheduled);
@@ -548,10 +500,7 @@ mod tests {
         let mut u = update("t", 1, TaskState::Failed);
         u.failure = FailureKind::Transient as i32;
         u.reason = "docker unavailable".into();
-        assert_eq!(
-            apply_update(&mut st, "n1", &T, &u, &mut out),
-            Applied::Changed
-        );
+        assert_eq!(report(&mut st, "n1", &u), Applied::Changed);
         let e = &st.tasks.get("t").unwrap();
         assert_eq!(e.state(), TaskState::Scheduled);
         assert_eq!(e.status().attempt, 2);
@@ -566,7 +515,7 @@ mod tests {
         let mut late = update("t", 2, TaskState::Running);
         late.attempt = 1;
         assert_eq!(
-            apply_update(&mut st, "n1", &T, &late, &mut out),
+            report(&mut st, "n1", &late),
             Applied::Superseded("task is placed on another node")
         );
 
@@ -584,7 +533,7 @@ mod tests {
         let mut u = update("g", 1, TaskState::Failed);
         u.failure = FailureKind::Transient as i32;
         u.reason = "docker unavailable".into();
-        apply_update(&mut st, "n1", &T, &u, &mut out);
+        report(&mut st, "n1", &u);
         let g = st.tasks.get("g").unwrap();
         let g = g.status();
         assert_eq!((g.state(), g.transient_failures), (TaskState::Failed, 3));
