@@ -389,6 +389,12 @@ mod tests {
         }
     }
 
+    /// The status of task `id`, to set up a case.
+    fn status_of<'a>(st: &'a mut State, id: &str) -> &'a mut pb::TaskStatus {
+        let e = st.tasks.get_mut(id).unwrap();
+        e.task.status.get_or_insert_with(Default::default)
+    }
+
     /// What became of `u`, reported by `node` (the mutations dropped).
     fn report(st: &mut State, node: &str, u: &pb::TaskStatusUpdate) -> Applied {
         apply_update(st, node, &T, u, &mut Vec::new())
@@ -426,9 +432,7 @@ mod tests {
         let mut st = State::default();
         placed(&mut st, "t", "n1");
         // The attempt moved on (e.g. n1 was lost); n1 reports late.
-        if let Some(e) = st.tasks.get_mut("t") {
-            e.task.status.get_or_insert_with(Default::default).node_id = "n2".into();
-        }
+        status_of(&mut st, "t").node_id = "n2".into();
         assert_eq!(
             report(&mut st, "n1", &update("t", 1, TaskState::Running)),
             Applied::Superseded("task is placed on another node")
@@ -482,9 +486,7 @@ mod tests {
     fn an_earlier_attempt_on_the_same_node_is_superseded() {
         let mut st = State::default();
         placed(&mut st, "t", "n1");
-        if let Some(e) = st.tasks.get_mut("t") {
-            e.task.status.get_or_insert_with(Default::default).attempt = 2;
-        }
+        status_of(&mut st, "t").attempt = 2;
         assert_eq!(
             report(&mut st, "n1", &update("t", 1, TaskState::Failed)),
             Applied::Superseded("update for an earlier attempt")

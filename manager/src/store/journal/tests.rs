@@ -142,6 +142,12 @@ fn a_segment_is_made_from_the_spare_when_one_is_ready() {
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
 }
 
+/// Puts `bytes` in place of the file at `path` and reads it as segment `seq`.
+fn reread(path: &Path, seq: u64, bytes: &[u8]) -> Result<Segment, String> {
+    fs::write(path, bytes).unwrap();
+    read_segment(path, seq)
+}
+
 /// A segment with two records; the second's payload range.
 fn two_records() -> (tempfile::TempDir, PathBuf, Range<usize>) {
     let dir = tempfile::tempdir().unwrap();
@@ -162,8 +168,7 @@ fn an_unfinished_last_record_is_a_torn_tail() {
     for zeroed in [second.end - 5..second.end, header + 12..second.end] {
         let mut bytes = full.clone();
         bytes[zeroed].fill(0);
-        fs::write(&path, &bytes).unwrap();
-        let seg = read_segment(&path, 1).unwrap();
+        let seg = reread(&path, 1, &bytes).unwrap();
         assert_eq!(seg.records(), 1);
         assert!(seg.torn_tail.unwrap().contains(&format!("byte {header}")));
     }
@@ -172,8 +177,7 @@ fn an_unfinished_last_record_is_a_torn_tail() {
     // end, quietly. It was never acknowledged either way.
     let mut bytes = full.clone();
     bytes[header..header + RECORD_HEADER].fill(0);
-    fs::write(&path, &bytes).unwrap();
-    let seg = read_segment(&path, 1).unwrap();
+    let seg = reread(&path, 1, &bytes).unwrap();
     assert_eq!(seg.records(), 1);
     assert!(seg.torn_tail.is_none());
 }
@@ -186,8 +190,7 @@ fn damage_before_an_intact_record_is_an_error_naming_the_file() {
     for at in [MAGIC.len() + RECORD_HEADER + 4, MAGIC.len() + 8] {
         let mut bytes = full.clone();
         bytes[at] ^= 0xff;
-        fs::write(&path, &bytes).unwrap();
-        let e = read_segment(&path, 1).unwrap_err();
+        let e = reread(&path, 1, &bytes).unwrap_err();
         assert!(e.contains("00000000000000000001.log"), "{e}");
         assert!(e.contains("an intact one follows"), "{e}");
     }
@@ -262,11 +265,9 @@ fn segments_of_the_previous_format_are_still_read() {
     assert!(read_segment(&path, 7).unwrap().torn_tail.is_none());
 
     // Its rules too: what is not zeros after the records was begun.
-    let end = fs::read(&path).unwrap().len();
     let mut bytes = fs::read(&path).unwrap();
-    bytes[end - 1] = 1;
-    fs::write(&path, &bytes).unwrap();
-    let seg = read_segment(&path, 7).unwrap();
+    *bytes.last_mut().unwrap() = 1;
+    let seg = reread(&path, 7, &bytes).unwrap();
     assert_eq!(seg.records(), 2);
     assert!(seg.torn_tail.is_some());
 }
