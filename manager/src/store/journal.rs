@@ -587,6 +587,8 @@ pub(super) fn read_segment_into(
         // else follows is an earlier use's, or zeros).
         Framing::V3(tag) => bytes.get(at + 8..at + 12) == Some(&tag[..]),
     };
+    // In V2 only a begun record can hide damage (the rest is zeros); in V3
+    // an earlier use's records can follow too, so always look.
     if begun || matches!(framing, Framing::V3(_)) {
         if let Some(later) =
             (at + 1..bytes.len()).find(|&i| record_at(&bytes, i, framing).is_some())

@@ -412,6 +412,12 @@ impl Inner {
         Ok(())
     }
 
+    /// A new name for a spare.
+    fn next_spare_path(&self, shared: &mut Shared) -> PathBuf {
+        shared.spares_made += 1;
+        journal::spare_path(&self.dir, shared.spares_made)
+    }
+
     /// Keeps an applied segment's file as a spare while fewer than
     /// [`SPARES`] are ready, else removes it. Reused, it spares writing and
     /// syncing a new file full of zeros (on the disk the commits wait on),
@@ -421,10 +427,8 @@ impl Inner {
     fn recycle(&self, path: &Path) {
         let spare = {
             let mut shared = lock(&self.shared);
-            (shared.spares.len() < SPARES && !shared.stopping).then(|| {
-                shared.spares_made += 1;
-                journal::spare_path(&self.dir, shared.spares_made)
-            })
+            (shared.spares.len() < SPARES && !shared.stopping)
+                .then(|| self.next_spare_path(&mut shared))
         };
         if let Some(spare) = spare {
             match std::fs::rename(path, &spare) {
@@ -463,10 +467,8 @@ impl Inner {
                 // A sealed segment first: applying it also recycles its
                 // file as a spare, which is quicker and cheaper than
                 // writing one.
-                (shared.sealed.is_empty() && !shared.stopping).then(|| {
-                    shared.spares_made += 1;
-                    journal::spare_path(&self.dir, shared.spares_made)
-                })
+                (shared.sealed.is_empty() && !shared.stopping)
+                    .then(|| self.next_spare_path(&mut shared))
             };
             if let Some(path) = make_spare {
                 match journal::prepare(&path, true) {
