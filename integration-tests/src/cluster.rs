@@ -142,7 +142,8 @@ impl Cluster {
         self.dir.path()
     }
 
-    fn manager_data_dir(&self) -> PathBuf {
+    /// The manager's data dir.
+    pub fn manager_data_dir(&self) -> PathBuf {
         self.dir.path().join("manager")
     }
 

@@ -145,12 +145,32 @@ async fn tasks_and_events_survive_a_manager_crash() {
     );
 }
 
+/// Number of the newest journal segment in the manager's data dir (0: none).
+fn newest_segment(cluster: &Cluster) -> u64 {
+    std::fs::read_dir(cluster.manager_data_dir().join("journal"))
+        .map(|dir| {
+            dir.filter_map(|e| {
+                let path = e.ok()?.path();
+                (path.extension()? == "log")
+                    .then(|| path.file_stem()?.to_str()?.parse().ok())
+                    .flatten()
+            })
+            .max()
+            .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
 /// Every CreateTask the manager answered is durable, even when it is killed
 /// in the middle of a stream of them: concurrent callers, kill -9, restart.
+/// Killed once the journal is on its fifth segment (~8 MiB of commits): by
+/// then new segments are made from the files of applied ones, and what is
+/// read back after the restart includes such reused files.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_acknowledged_create_survives_a_kill_mid_load() {
     const CALLERS: usize = 16;
-    const MAX_PER_CALLER: usize = 2_000;
+    const MAX_PER_CALLER: usize = 4_000;
+    const KILL_AT_SEGMENT: u64 = 5;
     // No agent: the tasks stay PENDING, so only the store is exercised.
     let mut cluster = Cluster::start(&[]).await;
     let client = cluster.control().await;
@@ -178,10 +198,12 @@ async fn every_acknowledged_create_survives_a_kill_mid_load() {
     }
     // Kill while requests are in flight.
     let deadline = tokio::time::Instant::now() + WAIT;
-    while acknowledged.lock().unwrap().len() < 500 {
+    while acknowledged.lock().unwrap().len() < 500 || newest_segment(&cluster) < KILL_AT_SEGMENT {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the load did not start"
+            "the journal did not reach segment {KILL_AT_SEGMENT}: {} creates acknowledged, newest segment {}",
+            acknowledged.lock().unwrap().len(),
+            newest_segment(&cluster)
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
