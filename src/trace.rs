@@ -18,6 +18,8 @@ use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 
 /// The W3C header naming the parent span.
 pub const TRACEPARENT: &str = "traceparent";
+/// The W3C header carrying vendors' trace data, passed on as received.
+pub const TRACESTATE: &str = "tracestate";
 
 /// The context as W3C headers; empty when it holds no valid span.
 pub fn to_map(cx: &Context) -> HashMap<String, String> {

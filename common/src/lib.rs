@@ -14,6 +14,7 @@ pub mod state_machine;
 pub mod telemetry;
 pub mod tls;
 pub mod trace_context;
+pub mod trace_ids;
 pub mod validate;
 
 #[cfg(test)]

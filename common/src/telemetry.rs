@@ -9,6 +9,7 @@ use tracing_subscriber::filter::{filter_fn, FilterExt as _, LevelFilter, Targets
 use tracing_subscriber::layer::Filter;
 
 use crate::trace_context::EXPORTED_SPANS;
+use crate::trace_ids::IdLayer;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{fmt, EnvFilter, Layer, Registry};
@@ -53,12 +54,11 @@ impl Telemetry {
     }
 }
 
-/// What becomes OpenTelemetry data: minkube's own operation spans
+/// Which spans get trace ids: minkube's own operation spans
 /// ([`EXPORTED_SPANS`]) and, when spans are exported, the log events inside
 /// them. The HTTP/2 and gRPC libraries stay out, else the exporter would
-/// trace its own calls. Without an exporter the spans still give requests
-/// and tasks their trace ids, but copying every log event into a span
-/// nobody exports would be ~3% of a busy manager's CPU.
+/// trace its own calls. Without an exporter copying every log event into a
+/// span nobody exports would be ~3% of a busy manager's CPU.
 fn otel_filter(export: bool) -> impl Filter<Registry> {
     Targets::new()
         .with_default(LevelFilter::OFF)
@@ -69,9 +69,9 @@ fn otel_filter(export: bool) -> impl Filter<Registry> {
 }
 
 /// Installs the global subscriber: log lines on stderr (level from
-/// `RUST_LOG`) and, for spans of minkube's own code, OpenTelemetry spans
-/// (exported over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is set; see
-/// [`minkube::trace::tracer_provider`]). Call once, inside the Tokio runtime,
+/// `RUST_LOG`) and, for spans of minkube's own code, trace ids: OpenTelemetry
+/// spans exported over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is set
+/// (see [`minkube::trace::tracer_provider`]), else ids alone ([`IdLayer`]). Call once, inside the Tokio runtime,
 /// before any work.
 pub fn init(format: LogFormat, service_name: &'static str) -> Telemetry {
     let filter = EnvFilter::try_from_default_env()
@@ -89,39 +89,39 @@ pub fn init(format: LogFormat, service_name: &'static str) -> Telemetry {
             .with_filter(filter)
             .boxed(),
     };
-    let provider = match minkube::trace::tracer_provider(service_name) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            eprintln!("warning: OpenTelemetry export is off: {e} (check the OTEL_EXPORTER_OTLP_* variables)");
-            None
-        }
-    };
     let mut layers = vec![fmt];
-    if let Some(p) = &provider {
-        let export = minkube::trace::export_configured();
-        layers.push(
+    // Spans are built for OpenTelemetry only when they are exported; else
+    // the id layer gives them their trace ids alone.
+    let provider = if minkube::trace::export_configured() {
+        match minkube::trace::tracer_provider(service_name) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("warning: OpenTelemetry export is off: {e} (check the OTEL_EXPORTER_OTLP_* variables)");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    match &provider {
+        Some(p) => layers.push(
             tracing_opentelemetry::layer()
                 .with_tracer(p.tracer(service_name))
                 // Parents come from the span tree; nothing here reads the
                 // OpenTelemetry "current context", and attaching it on every
                 // poll of a request's future was a measurable cost.
                 .with_context_activation(false)
-                // Attributes only an exporter would send (source location,
-                // thread, busy/idle time): a per-span cost otherwise.
-                .with_location(export)
-                .with_threads(export)
-                .with_target(export)
-                .with_tracked_inactivity(export)
-                .with_filter(otel_filter(export))
+                .with_filter(otel_filter(true))
                 .boxed(),
-        );
+        ),
+        None => layers.push(IdLayer.with_filter(otel_filter(false)).boxed()),
     }
     // A second init (e.g. in tests) keeps the first subscriber.
     let installed = tracing_subscriber::registry()
         .with(layers)
         .try_init()
         .is_ok();
-    if installed && minkube::trace::export_configured() {
+    if installed && provider.is_some() {
         tracing::info!(service = service_name, "exporting spans over OTLP/gRPC");
     }
     Telemetry {

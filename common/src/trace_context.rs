@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use crate::trace_ids::{self, Parent};
+
 /// Spans that become OpenTelemetry spans: short operations with a clear
 /// end. Process- and session-long spans (the agent's, a stream's) stay
 /// log context only: a span is exported when it ends, and these may never.
@@ -63,14 +65,24 @@ pub fn grpc_server_span<B>(req: &tonic::codegen::http::Request<B>) -> Span {
         rpc.method = %method,
     );
     // Before the span is entered: afterwards a parent can no longer be set.
-    let _ = span.set_parent(minkube::trace::from_headers(req.headers()));
+    if trace_ids::with_ids(&span, |_| ()).is_some() {
+        let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+        if let Some(parent) = header(minkube::trace::TRACEPARENT)
+            .and_then(|tp| Parent::parse(tp, header(minkube::trace::TRACESTATE)))
+        {
+            trace_ids::set_parent(&span, parent);
+        }
+    } else {
+        let _ = span.set_parent(minkube::trace::from_headers(req.headers()));
+    }
     span
 }
 
 /// The W3C map naming `span` as the parent; empty when spans are not
-/// recorded (no telemetry installed).
+/// recorded (no telemetry installed, or not one of [`EXPORTED_SPANS`]).
 pub fn context_of(span: &Span) -> HashMap<String, String> {
-    minkube::trace::to_map(&span.context())
+    trace_ids::with_ids(span, |ids| ids.to_map())
+        .unwrap_or_else(|| minkube::trace::to_map(&span.context()))
 }
 
 /// The W3C map naming the current span as the parent.
@@ -81,14 +93,23 @@ pub fn current() -> HashMap<String, String> {
 /// Makes the context in `map` the parent of `span`, which must not have
 /// been entered yet. An empty or malformed map leaves `span` a root.
 pub fn set_parent(span: &Span, map: &HashMap<String, String>) {
-    if !map.is_empty() {
+    if map.is_empty() {
+        return;
+    }
+    if trace_ids::with_ids(span, |_| ()).is_some() {
+        if let Some(parent) = Parent::from_map(map) {
+            trace_ids::set_parent(span, parent);
+        }
+    } else {
         let _ = span.set_parent(minkube::trace::from_map(map));
     }
 }
 
 /// The trace id of the current span, for log lines and audit records.
 pub fn current_trace_id() -> Option<String> {
-    minkube::trace::trace_id(&Span::current().context())
+    let span = Span::current();
+    trace_ids::with_ids(&span, |ids| ids.trace_id_hex())
+        .or_else(|| minkube::trace::trace_id(&span.context()))
 }
 
 #[cfg(test)]
@@ -98,11 +119,15 @@ mod tests {
     use opentelemetry::trace::TracerProvider as _;
     use tracing_subscriber::layer::SubscriberExt as _;
 
-    fn with_otel<R>(f: impl FnOnce() -> R) -> R {
+    /// Runs `f` with each of the layers that give spans trace ids: the
+    /// OpenTelemetry one (spans exported) and [`crate::trace_ids::IdLayer`].
+    fn with_otel(f: impl Fn()) {
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
         let subscriber = tracing_subscriber::registry()
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-        tracing::subscriber::with_default(subscriber, f)
+        tracing::subscriber::with_default(subscriber, &f);
+        let subscriber = tracing_subscriber::registry().with(crate::trace_ids::IdLayer);
+        tracing::subscriber::with_default(subscriber, &f);
     }
 
     const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -139,6 +164,14 @@ mod tests {
             let span = grpc_server_span(&req);
             assert!(context_of(&span)["traceparent"]
                 .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+            // Without a caller's context the request starts a trace.
+            let req = tonic::codegen::http::Request::builder()
+                .uri("/minkube.v1.ControlService/CreateTask")
+                .body(())
+                .unwrap();
+            let tp = context_of(&grpc_server_span(&req))["traceparent"].clone();
+            assert!(tp.starts_with("00-") && tp.ends_with("-01"), "{tp}");
+            assert!(!tp.contains("4bf92f3577b34da6a3ce929d0e0e4736"));
         });
     }
 

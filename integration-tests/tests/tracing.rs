@@ -2,6 +2,8 @@
 //! container: every binary exports to an in-process OTLP collector, and the
 //! spans of one `minkube --trace run` (and `stop`) share one trace id with
 //! the right parents; the container's TRACEPARENT continues that trace.
+//! Without a collector the binaries give spans ids only, and the trace
+//! still reaches the container.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -40,7 +42,16 @@ fn child_of(child: &CollectedSpan, parent: &CollectedSpan) {
 /// Runs `minkube --trace ARGS` exporting to the collector; returns stdout
 /// and the trace id it printed on stderr.
 async fn traced_cli(cluster: &Cluster, collector: &Collector, args: &[&str]) -> (String, String) {
-    let env = collector.env();
+    traced_cli_env(cluster, &collector.env(), args).await
+}
+
+/// Runs `minkube --trace ARGS` with `env`; returns stdout and the trace id
+/// it printed on stderr.
+async fn traced_cli_env(
+    cluster: &Cluster,
+    env: &[(String, String)],
+    args: &[&str],
+) -> (String, String) {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut all = vec!["--trace"];
     all.extend_from_slice(args);
@@ -204,4 +215,52 @@ async fn a_traced_stop_reaches_the_agent_under_the_callers_trace() {
         must(&spans, "minkube-agent", "docker.stop_and_remove"),
         agent_stop,
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_collector_the_trace_still_reaches_the_container() {
+    let cluster = Cluster::builder().agents(&["a"]).start().await;
+    let label = format!("{RUN_LABEL}={}", cluster.run_id());
+    let (stdout, trace_id) = traced_cli_env(
+        &cluster,
+        &[],
+        &[
+            "run",
+            "untraced-task",
+            "--image",
+            cluster.image(),
+            "--memory",
+            "16",
+            "--label",
+            &label,
+            "--",
+            "sh",
+            "-c",
+            "echo TRACEPARENT=$TRACEPARENT",
+        ],
+    )
+    .await;
+    let task_id = stdout.trim().to_string();
+    cluster
+        .wait_task_state(&task_id, &[TaskState::Completed], WAIT)
+        .await;
+    let shown = cluster.cli_json(&["get", &task_id]).await;
+    assert_eq!(shown["task"]["trace_id"], trace_id.as_str(), "{shown}");
+
+    // The agent's task.start span is the container's parent: the trace
+    // passed the manager and the agent, each with ids of its own.
+    let logs = cluster.cli_ok(&["logs", &task_id]).await;
+    let tp = logs
+        .lines()
+        .find_map(|l| l.strip_prefix("TRACEPARENT="))
+        .unwrap_or_else(|| panic!("no TRACEPARENT in the container's output: {logs:?}"));
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts.len(), 4, "{tp}");
+    assert_eq!(
+        (parts[0], parts[1], parts[3]),
+        ("00", trace_id.as_str(), "01"),
+        "{tp}"
+    );
+    assert_eq!(parts[2].len(), 16, "{tp}");
+    assert_ne!(parts[2], "0000000000000000", "{tp}");
 }
