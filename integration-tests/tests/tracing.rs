@@ -71,6 +71,37 @@ async fn traced_cli_env(
     (stdout, trace_id)
 }
 
+/// `minkube --trace run NAME -- sh -c SCRIPT` with `env`, then waits until
+/// the task completed; returns its id and the CLI's trace id.
+async fn run_to_completion(
+    cluster: &Cluster,
+    env: &[(String, String)],
+    name: &str,
+    script: &str,
+) -> (String, String) {
+    let label = format!("{RUN_LABEL}={}", cluster.run_id());
+    let args = [
+        "run",
+        name,
+        "--image",
+        cluster.image(),
+        "--memory",
+        "16",
+        "--label",
+        &label,
+        "--",
+        "sh",
+        "-c",
+        script,
+    ];
+    let (stdout, trace_id) = traced_cli_env(cluster, env, &args).await;
+    let task_id = stdout.trim().to_string();
+    cluster
+        .wait_task_state(&task_id, &[TaskState::Completed], WAIT)
+        .await;
+    (task_id, trace_id)
+}
+
 async fn traced_cluster(collector: &Collector) -> Cluster {
     let mut builder = Cluster::builder();
     for (k, v) in collector.env() {
@@ -83,32 +114,10 @@ async fn traced_cluster(collector: &Collector) -> Cluster {
 async fn one_trace_from_the_cli_through_manager_and_agent_into_the_container() {
     let collector = Collector::start().await;
     let cluster = traced_cluster(&collector).await;
-    let label = format!("{RUN_LABEL}={}", cluster.run_id());
     let script = "echo TRACEPARENT=$TRACEPARENT; echo OTEL_SERVICE_NAME=$OTEL_SERVICE_NAME; \
                   echo OTEL_RESOURCE_ATTRIBUTES=$OTEL_RESOURCE_ATTRIBUTES";
-    let (stdout, trace_id) = traced_cli(
-        &cluster,
-        &collector,
-        &[
-            "run",
-            "traced-task",
-            "--image",
-            cluster.image(),
-            "--memory",
-            "16",
-            "--label",
-            &label,
-            "--",
-            "sh",
-            "-c",
-            script,
-        ],
-    )
-    .await;
-    let task_id = stdout.trim().to_string();
-    cluster
-        .wait_task_state(&task_id, &[TaskState::Completed], WAIT)
-        .await;
+    let (task_id, trace_id) =
+        run_to_completion(&cluster, &collector.env(), "traced-task", script).await;
 
     // The task remembers its trace.
     let shown = cluster.cli_json(&["get", &task_id]).await;
@@ -220,30 +229,13 @@ async fn a_traced_stop_reaches_the_agent_under_the_callers_trace() {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_a_collector_the_trace_still_reaches_the_container() {
     let cluster = Cluster::builder().agents(&["a"]).start().await;
-    let label = format!("{RUN_LABEL}={}", cluster.run_id());
-    let (stdout, trace_id) = traced_cli_env(
+    let (task_id, trace_id) = run_to_completion(
         &cluster,
         &[],
-        &[
-            "run",
-            "untraced-task",
-            "--image",
-            cluster.image(),
-            "--memory",
-            "16",
-            "--label",
-            &label,
-            "--",
-            "sh",
-            "-c",
-            "echo TRACEPARENT=$TRACEPARENT",
-        ],
+        "untraced-task",
+        "echo TRACEPARENT=$TRACEPARENT",
     )
     .await;
-    let task_id = stdout.trim().to_string();
-    cluster
-        .wait_task_state(&task_id, &[TaskState::Completed], WAIT)
-        .await;
     let shown = cluster.cli_json(&["get", &task_id]).await;
     assert_eq!(shown["task"]["trace_id"], trace_id.as_str(), "{shown}");
 
