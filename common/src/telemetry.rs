@@ -71,8 +71,8 @@ fn otel_filter(export: bool) -> impl Filter<Registry> {
 /// Installs the global subscriber: log lines on stderr (level from
 /// `RUST_LOG`) and, for spans of minkube's own code, trace ids: OpenTelemetry
 /// spans exported over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is set
-/// (see [`minkube::trace::tracer_provider`]), else ids alone ([`IdLayer`]). Call once, inside the Tokio runtime,
-/// before any work.
+/// (see [`minkube::trace::tracer_provider`]), else ids alone ([`IdLayer`]).
+/// Call once, inside the Tokio runtime, before any work.
 pub fn init(format: LogFormat, service_name: &'static str) -> Telemetry {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,h2=warn,hyper=warn,tower=warn"));

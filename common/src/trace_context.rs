@@ -65,7 +65,7 @@ pub fn grpc_server_span<B>(req: &tonic::codegen::http::Request<B>) -> Span {
         rpc.method = %method,
     );
     // Before the span is entered: afterwards a parent can no longer be set.
-    if trace_ids::with_ids(&span, |_| ()).is_some() {
+    if trace_ids::has_ids(&span) {
         let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
         if let Some(parent) = header(minkube::trace::TRACEPARENT)
             .and_then(|tp| Parent::parse(tp, header(minkube::trace::TRACESTATE)))
@@ -96,7 +96,7 @@ pub fn set_parent(span: &Span, map: &HashMap<String, String>) {
     if map.is_empty() {
         return;
     }
-    if trace_ids::with_ids(span, |_| ()).is_some() {
+    if trace_ids::has_ids(span) {
         if let Some(parent) = Parent::from_map(map) {
             trace_ids::set_parent(span, parent);
         }
@@ -121,7 +121,7 @@ mod tests {
 
     /// Runs `f` with each of the layers that give spans trace ids: the
     /// OpenTelemetry one (spans exported) and [`crate::trace_ids::IdLayer`].
-    fn with_otel(f: impl Fn()) {
+    fn with_each_layer(f: impl Fn()) {
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
         let subscriber = tracing_subscriber::registry()
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
@@ -134,7 +134,7 @@ mod tests {
 
     #[test]
     fn child_span_continues_the_remote_trace() {
-        with_otel(|| {
+        with_each_layer(|| {
             let span = tracing::info_span!("child");
             set_parent(
                 &span,
@@ -155,7 +155,7 @@ mod tests {
 
     #[test]
     fn grpc_request_span_takes_the_callers_parent() {
-        with_otel(|| {
+        with_each_layer(|| {
             let req = tonic::codegen::http::Request::builder()
                 .uri("/minkube.v1.ControlService/CreateTask")
                 .header("traceparent", PARENT)
@@ -177,7 +177,7 @@ mod tests {
 
     #[test]
     fn streams_get_a_log_only_span() {
-        with_otel(|| {
+        with_each_layer(|| {
             let req = tonic::codegen::http::Request::builder()
                 .uri("/minkube.v1.AgentService/Connect")
                 .body(())
@@ -190,7 +190,7 @@ mod tests {
 
     #[test]
     fn sub_operations_only_inside_exported_spans() {
-        with_otel(|| {
+        with_each_layer(|| {
             assert!(!inside_exported_span());
             let agent = tracing::info_span!("agent");
             let _a = agent.enter();

@@ -191,11 +191,16 @@ pub(crate) fn with_ids<R>(span: &Span, f: impl FnOnce(&mut SpanIds) -> R) -> Opt
     .flatten()
 }
 
+/// Whether [`IdLayer`] gave `span` ids.
+pub(crate) fn has_ids(span: &Span) -> bool {
+    with_ids(span, |_| ()).is_some()
+}
+
 /// Makes `parent` the parent of `span`, if `span` has ids from [`IdLayer`].
 /// Spans already created inside `span` keep the trace they started with:
-/// call it before the span is entered. Returns whether it applied.
-pub(crate) fn set_parent(span: &Span, parent: Parent) -> bool {
-    with_ids(span, |ids| ids.adopt(parent)).is_some()
+/// call it before the span is entered.
+pub(crate) fn set_parent(span: &Span, parent: Parent) {
+    with_ids(span, |ids| ids.adopt(parent));
 }
 
 #[cfg(test)]
@@ -236,7 +241,8 @@ mod tests {
             let span = tracing::info_span!("request");
             let own = ids(&span).span_id;
             let parent = Parent::parse(PARENT, Some("vendor=abc")).unwrap();
-            assert!(set_parent(&span, parent));
+            assert!(has_ids(&span));
+            set_parent(&span, parent);
             let map = ids(&span).to_map();
             assert_eq!(
                 map[TRACEPARENT],
@@ -286,11 +292,10 @@ mod tests {
     #[test]
     fn without_the_layer_there_are_no_ids() {
         let span = tracing::info_span!("nothing");
-        assert!(with_ids(&span, |_| ()).is_none());
+        assert!(!has_ids(&span));
         let subscriber = tracing_subscriber::registry();
         tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::info_span!("plain");
-            assert!(with_ids(&span, |_| ()).is_none());
+            assert!(!has_ids(&tracing::info_span!("plain")));
         });
     }
 }
