@@ -109,13 +109,16 @@ impl Parent {
         let (version, trace, span, flags) =
             (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         // Version 00 has exactly four fields; later versions may add some.
-        if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
+        if version == "ff" || (version == "00" && parts.next().is_some()) {
             return None;
         }
-        let _ = hex::<u8>(version)?;
-        let trace_id = hex::<u128>(trace).filter(|&t| t != 0 && trace.len() == 32)?;
-        hex::<u64>(span).filter(|&s| s != 0 && span.len() == 16)?;
-        let flags = hex::<u8>(flags).filter(|_| flags.len() == 2)?;
+        hex(version, 2)?;
+        let trace_id = u128::from_str_radix(hex(trace, 32)?, 16).ok()?;
+        let span_id = u64::from_str_radix(hex(span, 16)?, 16).ok()?;
+        let flags = u8::from_str_radix(hex(flags, 2)?, 16).ok()?;
+        if trace_id == 0 || span_id == 0 {
+            return None;
+        }
         Some(Self {
             trace_id,
             sampled: flags & 1 == 1,
@@ -133,28 +136,10 @@ impl Parent {
     }
 }
 
-/// Lowercase hex only, as W3C requires.
-fn hex<T: HexInt>(s: &str) -> Option<T> {
-    if s.is_empty() || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return None;
-    }
-    T::from_hex(s)
+/// `s` if it is exactly `len` lowercase hex digits, as W3C requires.
+fn hex(s: &str, len: usize) -> Option<&str> {
+    (s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(s)
 }
-
-trait HexInt: Sized {
-    fn from_hex(s: &str) -> Option<Self>;
-}
-
-macro_rules! hex_int {
-    ($($t:ty),*) => {$(
-        impl HexInt for $t {
-            fn from_hex(s: &str) -> Option<Self> {
-                <$t>::from_str_radix(s, 16).ok()
-            }
-        }
-    )*};
-}
-hex_int!(u8, u64, u128);
 
 /// Gives each span it sees (install it behind the filter of exported
 /// spans) [`SpanIds`]: a child of the nearest ancestor that has them, else

@@ -37,7 +37,7 @@ impl CommandTrace {
                     tp,
                 )]);
                 if let Ok(ts) = std::env::var("TRACESTATE") {
-                    map.insert("tracestate".into(), ts);
+                    map.insert(minkube::trace::TRACESTATE.to_string(), ts);
                 }
                 minkube::trace::from_map(&map)
             })
