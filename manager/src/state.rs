@@ -2,6 +2,7 @@
 //! Reads are served from here; every change goes through [`State::transition`]
 //! (the state machine) and yields the [`Mutation`]s that make it durable.
 use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound;
 
 use minkube::convert::now;
 use minkube::pb::{self, TaskState};
@@ -264,6 +265,23 @@ impl State {
             .into_iter()
             .flatten()
             .filter_map(|id| self.tasks.live(id))
+    }
+
+    /// Every unfinished task on a node, ids after `after`, in id order: the
+    /// active ones, since a PENDING task, or a SCHEDULED one waiting for
+    /// its next placement, has no node. Lists by node walk these, not every
+    /// unfinished task in the cluster.
+    pub fn unfinished_on<'a>(
+        &'a self,
+        node_id: &str,
+        after: Option<&'a str>,
+    ) -> impl Iterator<Item = (&'a String, &'a Slot)> + 'a {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.active
+            .get(node_id)
+            .into_iter()
+            .flat_map(move |ids| ids.range::<str, _>((from, Bound::Unbounded)))
+            .filter_map(|id| self.tasks.slot(id).map(|slot| (id, slot)))
     }
 
     /// Adds a new PENDING task with its creation event.

@@ -143,11 +143,12 @@ impl Cluster {
         let after = (!page_token.is_empty()).then_some(page_token);
         let mut tasks = Vec::with_capacity(size);
         let mut has_next = false;
-        let candidates: Box<dyn Iterator<Item = (&String, &Slot)>> = if filter.unfinished_only() {
-            Box::new(st.tasks.live_after(after))
-        } else {
-            Box::new(st.tasks.after(after))
-        };
+        let candidates: Box<dyn Iterator<Item = (&String, &Slot)>> =
+            match (&filter.node_id, filter.unfinished_only()) {
+                (Some(node_id), true) => Box::new(st.unfinished_on(node_id, after)),
+                (None, true) => Box::new(st.tasks.live_after(after)),
+                (_, false) => Box::new(st.tasks.after(after)),
+            };
         let mut looked = 0;
         let mut stopped_at = None;
         for (id, t) in candidates {
@@ -175,7 +176,8 @@ impl Cluster {
                 let n: u64 = states.iter().map(|s| st.count_in(*s)).sum();
                 usize::try_from(n).unwrap_or(usize::MAX)
             }
-            // Finished tasks are counted per node; only unfinished ones are walked.
+            // Finished tasks are counted per node; only the node's
+            // unfinished ones are walked.
             Some(node_id) => {
                 let finished: u64 = [TaskState::Completed, TaskState::Failed]
                     .into_iter()
@@ -183,8 +185,7 @@ impl Cluster {
                     .map(|s| st.tasks.finished_on(node_id, s))
                     .sum();
                 let live = st
-                    .tasks
-                    .live_after(None)
+                    .unfinished_on(node_id, None)
                     .filter(|(_, t)| filter.matches(t))
                     .count();
                 usize::try_from(finished)
@@ -396,6 +397,10 @@ mod tests {
                     _ => ["n1", "n2", "n1"][i / 6 % 3],
                 };
                 st.load_task(stored(state, node), Vec::new());
+            }
+            // Waiting for their next placement: on no node.
+            for _ in 0..10 {
+                st.load_task(stored(Scheduled, ""), Vec::new());
             }
         }
         let state_sets: [&[TaskState]; 7] = [
