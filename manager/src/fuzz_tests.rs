@@ -111,6 +111,10 @@ fn check_after(
         prop_assert!(status.container_id.len() <= 128);
         prop_assert!(status.ports.len() <= 128);
     }
+    prop_assert!(
+        crate::task_table::tests::live_index_is_right(&st.tasks),
+        "the index of unfinished tasks disagrees with their states"
+    );
     Ok(())
 }
 

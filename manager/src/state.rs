@@ -483,6 +483,7 @@ impl State {
             self.unplaced.remove(id);
         }
         let placed = state_machine::is_active_on_node(to).then(|| Reservation::of(entry));
+        self.tasks.note_state(id, to);
         self.count(from, -1);
         self.count(to, 1);
         if let Some(r) = placed {

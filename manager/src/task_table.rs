@@ -4,7 +4,7 @@
 //! ~0.5 KB instead of ~1.4 KB a task, so a million finished tasks fit in
 //! well under a gigabyte while lists and watches still never touch the disk.
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -23,10 +23,11 @@ pub struct TaskTable {
     map: BTreeMap<String, Slot>,
     /// Node ids of finished tasks, shared: a node runs many tasks.
     node_ids: HashSet<Arc<str>>,
-    /// Ids of the [`Slot::Live`] tasks, in id order: lists of unfinished
-    /// states (RUNNING tasks, what is left on a node being drained) walk
-    /// these, not a million finished tasks under the state lock.
-    live: BTreeSet<String>,
+    /// Ids of the [`Slot::Live`] tasks, in id order, with their states:
+    /// lists of unfinished states (RUNNING tasks, say) walk these, not a
+    /// million finished tasks under the state lock, and look up only the
+    /// tasks in a wanted state.
+    live: BTreeMap<String, TaskState>,
     /// Finished tasks per node: COMPLETED, FAILED. Counts a list by node
     /// without walking them.
     finished_on: HashMap<Arc<str>, [u64; 2]>,
@@ -34,7 +35,7 @@ pub struct TaskTable {
 
 /// What the indexes hold of a slot.
 enum Indexed {
-    Live,
+    Live(TaskState),
     Finished { node_id: Arc<str>, state: TaskState },
 }
 
@@ -106,7 +107,7 @@ impl Slot {
 
     fn indexed(&self) -> Indexed {
         match self {
-            Slot::Live(_) => Indexed::Live,
+            Slot::Live(e) => Indexed::Live(e.state()),
             Slot::Finished(f) => Indexed::Finished {
                 node_id: Arc::clone(&f.node_id),
                 state: f.state,
@@ -208,8 +209,8 @@ impl TaskTable {
 
     fn index(&mut self, id: String, what: Indexed) {
         match what {
-            Indexed::Live => {
-                self.live.insert(id);
+            Indexed::Live(state) => {
+                self.live.insert(id, state);
             }
             Indexed::Finished { node_id, state } => {
                 if let Some(i) = finished_index(state) {
@@ -222,7 +223,7 @@ impl TaskTable {
 
     fn unindex(&mut self, id: &str, what: Indexed) {
         match what {
-            Indexed::Live => {
+            Indexed::Live(_) => {
                 self.live.remove(id);
             }
             Indexed::Finished { node_id, state } => {
@@ -250,7 +251,7 @@ impl TaskTable {
                 let entry = std::mem::take(&mut **e);
                 *slot = Slot::Finished(compact(&mut self.node_ids, entry));
                 let indexed = slot.indexed();
-                self.unindex(id, Indexed::Live);
+                self.live.remove(id);
                 self.index(id.to_string(), indexed);
             }
         }
@@ -280,13 +281,32 @@ impl TaskTable {
     }
 
     /// The unfinished ([`Slot::Live`]) tasks after `after` (exclusive), in
-    /// id order; every task in a state other than COMPLETED or FAILED is
-    /// among them.
-    pub fn live_after(&self, after: Option<&str>) -> impl Iterator<Item = (&String, &Slot)> {
+    /// id order, each with its slot if it is in one of `states` (None
+    /// otherwise: skipped without a lookup). Every task in a state other
+    /// than COMPLETED or FAILED is among them.
+    pub fn live_after<'a>(
+        &'a self,
+        after: Option<&str>,
+        states: &'a [TaskState],
+    ) -> impl Iterator<Item = (&'a String, Option<&'a Slot>)> + 'a {
         let start = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_string()));
         self.live
             .range::<String, _>((start, Bound::Unbounded))
-            .filter_map(|id| self.map.get_key_value(id))
+            .map(|(id, state)| {
+                (
+                    id,
+                    states.contains(state).then(|| self.map.get(id)).flatten(),
+                )
+            })
+    }
+
+    /// Notes an unfinished task's new state (see [`State::transition`]).
+    ///
+    /// [`State::transition`]: crate::state::State::transition
+    pub fn note_state(&mut self, id: &str, state: TaskState) {
+        if let Some(s) = self.live.get_mut(id) {
+            *s = state;
+        }
     }
 
     /// Number of compact (finished) tasks in `state` whose last attempt ran on
@@ -328,7 +348,7 @@ fn compact(node_ids: &mut HashSet<Arc<str>>, e: TaskEntry) -> Finished {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
@@ -408,8 +428,28 @@ mod tests {
         assert_eq!(t.len(), 1);
     }
 
+    const UNFINISHED: [TaskState; 3] =
+        [TaskState::Pending, TaskState::Scheduled, TaskState::Running];
+
     fn live_ids(t: &TaskTable, after: Option<&str>) -> Vec<String> {
-        t.live_after(after).map(|(id, _)| id.clone()).collect()
+        ids_in(t, after, &UNFINISHED)
+    }
+
+    fn ids_in(t: &TaskTable, after: Option<&str>, states: &[TaskState]) -> Vec<String> {
+        t.live_after(after, states)
+            .filter(|(_, slot)| slot.is_some())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Whether the index of unfinished tasks holds exactly each one's state.
+    pub(crate) fn live_index_is_right(t: &TaskTable) -> bool {
+        let want: Vec<(&String, TaskState)> = t
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Live(_)))
+            .map(|(id, s)| (id, s.state()))
+            .collect();
+        t.live.iter().map(|(id, s)| (id, *s)).eq(want)
     }
 
     #[test]
@@ -422,6 +462,21 @@ mod tests {
         t.insert(entry("d", Pending, ""));
         assert_eq!(live_ids(&t, None), ["a", "d"]);
         assert_eq!(live_ids(&t, Some("a")), ["d"]);
+        assert_eq!(ids_in(&t, None, &[Running]), ["a"]);
+        assert!(ids_in(&t, None, &[Completed]).is_empty());
+
+        t.get_mut("d")
+            .unwrap()
+            .task
+            .status
+            .as_mut()
+            .unwrap()
+            .set_state(Running);
+        t.note_state("d", Running);
+        assert_eq!(ids_in(&t, None, &[Running]), ["a", "d"]);
+        assert!(ids_in(&t, None, &[Pending]).is_empty());
+        t.note_state("unknown", Running);
+        assert!(live_index_is_right(&t));
         let counts = |t: &TaskTable| {
             [
                 ("n1", Completed),
@@ -446,6 +501,7 @@ mod tests {
         t.insert(entry("d", Failed, "n2")); // replaced by a finished one
         assert_eq!(live_ids(&t, None), ["b"]);
         assert_eq!(counts(&t), [1, 0, 0, 2]);
+        assert!(live_index_is_right(&t));
 
         for id in ["a", "b", "c", "d", "unknown"] {
             t.remove(id);

@@ -143,16 +143,21 @@ impl Cluster {
         let after = (!page_token.is_empty()).then_some(page_token);
         let mut tasks = Vec::with_capacity(size);
         let mut has_next = false;
-        let candidates: Box<dyn Iterator<Item = (&String, &Slot)>> =
+        // Each task looked at, with its slot unless it was ruled out
+        // without a lookup.
+        let candidates: Box<dyn Iterator<Item = (&String, Option<&Slot>)>> =
             match (&filter.node_id, filter.unfinished_only()) {
-                (Some(node_id), true) => Box::new(st.unfinished_on(node_id, after)),
-                (None, true) => Box::new(st.tasks.live_after(after)),
-                (_, false) => Box::new(st.tasks.after(after)),
+                (Some(node_id), true) => Box::new(
+                    st.unfinished_on(node_id, after)
+                        .map(|(id, t)| (id, Some(t))),
+                ),
+                (None, true) => Box::new(st.tasks.live_after(after, &filter.states)),
+                (_, false) => Box::new(st.tasks.after(after).map(|(id, t)| (id, Some(t)))),
             };
         let mut looked = 0;
         let mut stopped_at = None;
         for (id, t) in candidates {
-            if filter.matches(t) {
+            if let Some(t) = t.filter(|t| filter.matches(t)) {
                 if tasks.len() == size {
                     has_next = true;
                     break;
