@@ -236,7 +236,7 @@ mod tests {
         assert_eq!(always.state(), TaskState::Scheduled);
         assert_eq!(always.status().attempt, 2);
         assert!(always.status().node_id.is_empty());
-        assert!(st.unplaced.contains("always"));
+        assert!(st.unplaced.contains_key("always"));
         let never = &st.tasks.get("never").unwrap();
         assert_eq!(never.state(), TaskState::Failed);
         assert_eq!(never.status().reason, "node lost");

@@ -3,7 +3,8 @@
 //! miss one of its constraints. A task no node can take stays PENDING with a
 //! reason and is retried whenever capacity appears (a node connects or is
 //! made active, a task ends), so nothing waits forever for a poll.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::ops::Bound;
 use std::sync::LazyLock;
 use std::time::SystemTime;
 
@@ -15,10 +16,19 @@ use minkube_common::validate::MIN_MEMORY_MB;
 use crate::state::State;
 use crate::store::Mutation;
 
+pub mod queue;
+
+use queue::Refusals;
+
 /// Placements made. Looked up once: the macro would search the registry
 /// for every placement.
 static PLACED: LazyLock<metrics::Counter> = LazyLock::new(
     || metrics::counter!("minkube_manager_scheduling_decisions_total", "result" => "placed"),
+);
+
+/// Tasks looked at that no node could take, looked up once as [`PLACED`].
+static UNPLACEABLE: LazyLock<metrics::Counter> = LazyLock::new(
+    || metrics::counter!("minkube_manager_scheduling_decisions_total", "result" => "unplaceable"),
 );
 
 /// Node names in order with their ids: the round-robin ring. Rebuilt only
@@ -173,6 +183,10 @@ fn not_before(status: &pb::TaskStatus) -> Option<SystemTime> {
         .map(minkube::convert::from_timestamp)
 }
 
+/// Tasks taken from the queue per look at it; the rest of the pass goes
+/// on from the last one seen.
+const CHUNK: usize = 64;
+
 /// Places every waiting task it can, oldest first: PENDING tasks and new
 /// attempts whose backoff has passed.
 pub fn schedule(st: &mut State, now: SystemTime, out: &mut Vec<Mutation>) -> Pass {
@@ -183,103 +197,177 @@ pub fn schedule(st: &mut State, now: SystemTime, out: &mut Vec<Mutation>) -> Pas
     }
     let renames = st.node_renames;
     st.ring.refresh(&st.nodes, renames);
+    let mut refusals = Refusals::default();
     // With no room for even the smallest task, nothing in the queue can be
     // placed: only the new tasks need a look (for their reason). Whatever
     // adds room (a node connecting, a task ending) kicks a full pass.
-    let queue: Vec<String> = if pick(st, MIN_MEMORY_MB, &[]).is_none() {
-        fresh
-    } else {
-        st.unplaced.iter().cloned().collect()
-    };
-    // Room only shrinks during a pass: once a task needing N MB found no
-    // node, no later task needing N or more will (with the same constraints).
-    let mut smallest_refused: HashMap<Vec<String>, u64> = HashMap::new();
-    for id in queue {
-        if !st.unplaced.contains(&id) {
-            continue;
+    if pick(st, MIN_MEMORY_MB, &[]).is_none() {
+        for id in &fresh {
+            consider(st, id, now, &mut refusals, &mut pass, out);
         }
-        let Some(entry) = st.tasks.live(&id) else {
-            st.unplaced.remove(&id);
-            continue;
-        };
-        if let Some(t) = not_before(entry.status()).filter(|t| *t > now) {
+        refusals.unsettle(&mut st.wait_reasons);
+        return pass;
+    }
+    let fresh: HashSet<String> = fresh.into_iter().collect();
+    let mut cursor: Option<String> = None;
+    loop {
+        let (batch, skipped, rest) =
+            next_chunk(st, cursor.as_deref(), now, &fresh, &mut refusals, &mut pass);
+        UNPLACEABLE.increment(skipped);
+        for id in &batch {
+            consider(st, id, now, &mut refusals, &mut pass, out);
+        }
+        match rest {
+            Some(after) => cursor = Some(after),
+            None => break,
+        }
+    }
+    // Every PENDING task left waiting was refused in this pass: each now
+    // says what this pass found.
+    st.wait_reasons = refusals.into_reasons();
+    pass
+}
+
+/// The next tasks of the queue after `after` that need a look, and how many
+/// were passed over: those in their backoff, and those sure to find no
+/// node that already say why (or need not: new attempts). Returns where the
+/// walk goes on, None at the end of the queue.
+fn next_chunk(
+    st: &State,
+    after: Option<&str>,
+    now: SystemTime,
+    fresh: &HashSet<String>,
+    refusals: &mut Refusals,
+    pass: &mut Pass,
+) -> (Vec<String>, u64, Option<String>) {
+    let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut batch = Vec::with_capacity(CHUNK);
+    let mut skipped = 0;
+    // The size and constraints last passed over: a backlog is mostly runs
+    // of alike tasks, and once passed over, always passed over this pass.
+    // With whether a PENDING one may be passed over too (it already says
+    // why it waits), or only new attempts.
+    let mut passed_over: Option<(u64, &[String], bool)> = None;
+    for (id, w) in st.unplaced.range::<str, _>((from, Bound::Unbounded)) {
+        if let Some(t) = w.not_before.filter(|t| *t > now) {
             pass.wake_at = Some(pass.wake_at.map_or(t, |w| w.min(t)));
             continue;
         }
-        let need = entry.memory_mb();
-        let attempt = entry.status().attempt.max(1);
-        let wanted = entry
-            .task
-            .spec
-            .as_ref()
-            .map(|s| s.constraints.clone())
-            .unwrap_or_default();
-        // Checked when the task was created: a stored one parses.
-        let parsed = constraints::parse_all(&wanted).unwrap_or_default();
-        let refused = smallest_refused.get(&wanted).copied().unwrap_or(u64::MAX);
-        let picked = if need >= refused {
-            None
-        } else {
-            pick(st, need, &parsed)
-        };
-        let Some((node_id, node_name)) = picked else {
-            smallest_refused.insert(wanted, refused.min(need));
-            metrics::counter!("minkube_manager_scheduling_decisions_total", "result" => "unplaceable")
-                .increment(1);
-            if entry.state() != TaskState::Pending {
-                continue;
-            }
-            let reason = unplaceable_reason(st, need, &parsed);
-            if st
-                .tasks
-                .live(&id)
-                .is_some_and(|e| e.status().reason != reason)
-            {
-                if let Some(e) = st.tasks.get_mut(&id) {
-                    e.task.status.get_or_insert_with(Default::default).reason = reason;
-                }
-                st.put_task(&id, out);
-            }
-            continue;
-        };
-        let reason = if attempt > 1 {
-            format!("attempt {attempt} placed on node {node_name}")
-        } else {
-            format!("placed on node {node_name}")
-        };
-        let placed = st.transition(
-            &id,
-            TaskState::Scheduled,
-            &reason,
-            |s| {
-                s.node_id = node_id.clone();
-                s.node_name = node_name.clone();
-                s.attempt = attempt;
-                s.next_attempt_at = None;
-            },
-            out,
-        );
-        if let Err(e) = placed {
-            tracing::error!(task_id = %id, error = %e, "cannot place task");
+        let alike = passed_over.filter(|(mb, c, _)| *mb == w.need_mb && *c == w.constraints);
+        if alike.is_some_and(|(_, _, settled)| {
+            !w.pending || (settled && (fresh.is_empty() || !fresh.contains(id)))
+        }) {
+            skipped += 1;
             continue;
         }
-        st.unplaced.remove(&id);
-        PLACED.increment(1);
-        // The reservation is in `State::usage` now: the next pick sees it.
-        st.rr_cursor = Some(node_name.clone());
-        if let Some(e) = st.tasks.live(&id) {
-            // The decision is a span of the task's trace; the agent's work
-            // for this attempt continues from it.
-            let span =
-                tracing::info_span!("task.schedule", task_id = %id, attempt, node = %node_name);
-            trace_context::set_parent(&span, &e.trace_context);
-            pass.placements.push(Placement {
-                node_id,
-                assignment: assignment_of(&e.task, trace_context::context_of(&span)),
-            });
+        if refusals.refuses(w.need_mb, &w.constraints)
+            && (!w.pending
+                || (!fresh.contains(id)
+                    && refusals.settled(w.need_mb, &w.constraints, &st.wait_reasons, || {
+                        // Checked when the task was created: a stored one parses.
+                        let parsed = constraints::parse_all(&w.constraints).unwrap_or_default();
+                        unplaceable_reason(st, w.need_mb, &parsed)
+                    })))
+        {
+            skipped += 1;
+            passed_over = Some((w.need_mb, &w.constraints, w.pending));
+            continue;
+        }
+        batch.push(id.clone());
+        if batch.len() == CHUNK {
+            return (batch, skipped, Some(id.clone()));
         }
     }
-    pass
+    (batch, skipped, None)
+}
+
+/// Places one waiting task if a node has room, else records why it waits.
+fn consider(
+    st: &mut State,
+    id: &str,
+    now: SystemTime,
+    refusals: &mut Refusals,
+    pass: &mut Pass,
+    out: &mut Vec<Mutation>,
+) {
+    if !st.unplaced.contains_key(id) {
+        return; // placed or ended since it was queued
+    }
+    let Some(entry) = st.tasks.live(id) else {
+        st.unplaced.remove(id);
+        return;
+    };
+    if let Some(t) = not_before(entry.status()).filter(|t| *t > now) {
+        pass.wake_at = Some(pass.wake_at.map_or(t, |w| w.min(t)));
+        return;
+    }
+    let need = entry.memory_mb();
+    let attempt = entry.status().attempt.max(1);
+    let pending = entry.state() == TaskState::Pending;
+    let wanted = entry
+        .task
+        .spec
+        .as_ref()
+        .map(|s| s.constraints.clone())
+        .unwrap_or_default();
+    // Checked when the task was created: a stored one parses.
+    let parsed = constraints::parse_all(&wanted).unwrap_or_default();
+    let picked = if refusals.refuses(need, &wanted) {
+        None
+    } else {
+        pick(st, need, &parsed)
+    };
+    let Some((node_id, node_name)) = picked else {
+        UNPLACEABLE.increment(1);
+        refusals.note(need, &wanted);
+        if !pending {
+            return;
+        }
+        let reason = refusals.reason(need, &wanted, || unplaceable_reason(st, need, &parsed));
+        if let Some(e) = st.tasks.get_mut(id) {
+            let status = e.task.status.get_or_insert_with(Default::default);
+            if status.reason != reason {
+                reason.clone_into(&mut status.reason);
+                st.put_task(id, out);
+            }
+        }
+        return;
+    };
+    let reason = if attempt > 1 {
+        format!("attempt {attempt} placed on node {node_name}")
+    } else {
+        format!("placed on node {node_name}")
+    };
+    let placed = st.transition(
+        id,
+        TaskState::Scheduled,
+        &reason,
+        |s| {
+            s.node_id = node_id.clone();
+            s.node_name = node_name.clone();
+            s.attempt = attempt;
+            s.next_attempt_at = None;
+        },
+        out,
+    );
+    if let Err(e) = placed {
+        tracing::error!(task_id = %id, error = %e, "cannot place task");
+        return;
+    }
+    st.unplaced.remove(id);
+    PLACED.increment(1);
+    // The reservation is in `State::usage` now: the next pick sees it.
+    st.rr_cursor = Some(node_name.clone());
+    if let Some(e) = st.tasks.live(id) {
+        // The decision is a span of the task's trace; the agent's work
+        // for this attempt continues from it.
+        let span = tracing::info_span!("task.schedule", task_id = %id, attempt, node = %node_name);
+        trace_context::set_parent(&span, &e.trace_context);
+        pass.placements.push(Placement {
+            node_id,
+            assignment: assignment_of(&e.task, trace_context::context_of(&span)),
+        });
+    }
 }
 
 /// The assignment message for a placed task, under the given trace context.

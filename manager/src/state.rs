@@ -1,7 +1,7 @@
 //! The manager's in-memory model: every task, its events and every node.
 //! Reads are served from here; every change goes through [`State::transition`]
 //! (the state machine) and yields the [`Mutation`]s that make it durable.
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 
 use minkube::convert::now;
@@ -10,6 +10,7 @@ use minkube_common::state_machine::{self, IllegalTransition};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::scheduler::queue::{WaitReasons, Waiting};
 use crate::store::{Mutation, Snapshot, StoredTask};
 use crate::task_table::{Slot, TaskTable};
 
@@ -118,7 +119,11 @@ pub struct State {
     /// Ids of tasks waiting for a node, creation order: the scheduler's
     /// queue. PENDING tasks, and SCHEDULED ones whose next attempt is not
     /// placed yet (retries, restarts, tasks of a lost node).
-    pub unplaced: BTreeSet<String>,
+    pub unplaced: BTreeMap<String, Waiting>,
+    /// Why the waiting PENDING tasks wait, by constraints and size, as the
+    /// last scheduling pass over the whole queue left them: a pass skips
+    /// those that already say what it would (see [`crate::scheduler`]).
+    pub wait_reasons: WaitReasons,
     /// Tasks queued since the last scheduling pass. When no node has room
     /// for even the smallest task, a pass looks only at these (to give them
     /// their "why pending" reason) instead of walking the whole queue.
@@ -203,7 +208,8 @@ impl State {
             trace_context: stored.trace_context,
         };
         if needs_node(&entry) {
-            self.unplaced.insert(entry.task.id.clone());
+            self.unplaced
+                .insert(entry.task.id.clone(), Waiting::of(&entry));
         }
         if state_machine::is_active_on_node(entry.state()) {
             self.reserve(&entry, 1);
@@ -318,7 +324,7 @@ impl State {
             index: 0,
             event: Box::new(event),
         });
-        self.unplaced.insert(id.clone());
+        self.unplaced.insert(id.clone(), Waiting::of(&entry));
         self.fresh.push(id.clone());
         self.count(entry.state(), 1);
         self.tasks.insert(entry);
@@ -370,7 +376,9 @@ impl State {
             }
         }
         self.put_task(id, out);
-        self.unplaced.insert(id.to_string());
+        if let Some(e) = self.tasks.live(id) {
+            self.unplaced.insert(id.to_string(), Waiting::of(e));
+        }
         Ok(())
     }
 
@@ -614,7 +622,7 @@ mod tests {
         let mut st = State::default();
         let mut out = Vec::new();
         st.insert_task(task("t1", 100), &mut out);
-        assert!(st.unplaced.contains("t1"));
+        assert!(st.unplaced.contains_key("t1"));
         assert_eq!(st.count_in(TaskState::Pending), 1);
         st.transition("t1", TaskState::Scheduled, "placed", place("n1"), &mut out)
             .unwrap();
@@ -706,7 +714,7 @@ mod tests {
             let e = t.entry().unwrap();
             re.load_task(e.stored(), e.events.clone());
         }
-        assert!(re.unplaced.contains("a") && !re.unplaced.contains("b"));
+        assert!(re.unplaced.contains_key("a") && !re.unplaced.contains_key("b"));
         assert_eq!(re.usage("n1").memory_mb, 20);
         let active: Vec<_> = re.active_on("n1").map(|e| e.task.id.as_str()).collect();
         assert_eq!(active, ["b"]);

@@ -512,7 +512,7 @@ mod tests {
             "{}",
             e.status().reason
         );
-        assert!(st.unplaced.contains("t"));
+        assert!(st.unplaced.contains_key("t"));
         // A late report of attempt 1 changes nothing.
         let mut late = update("t", 2, TaskState::Running);
         late.attempt = 1;

@@ -234,7 +234,7 @@ impl Cluster {
                 e.task.updated_at = Some(now());
                 // Not on any node (never placed, or a new attempt waiting out
                 // its backoff): nothing runs, so it ends here.
-                let unplaced = st.unplaced.contains(id);
+                let unplaced = st.unplaced.contains_key(id);
                 if unplaced {
                     let reason = if state == TaskState::Pending {
                         "stopped by user before it was scheduled"
