@@ -3,8 +3,7 @@
 //! miss one of its constraints. A task no node can take stays PENDING with a
 //! reason and is retried whenever capacity appears (a node connects or is
 //! made active, a task ends), so nothing waits forever for a poll.
-use std::collections::{HashMap, HashSet};
-use std::ops::Bound;
+use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::SystemTime;
 
@@ -18,7 +17,7 @@ use crate::store::Mutation;
 
 pub mod queue;
 
-use queue::Refusals;
+use queue::{Fresh, Refusals};
 
 /// Placements made. Looked up once: the macro would search the registry
 /// for every placement.
@@ -81,6 +80,17 @@ fn free_mb(st: &State, id: &str, constraints: &[Constraint]) -> Option<u64> {
     }
     let cap = n.node.capacity.as_ref().map_or(0, |c| c.memory_mb);
     Some(cap.saturating_sub(st.usage(id).memory_mb))
+}
+
+/// The most memory any node that takes tasks has in all: a task asking
+/// more waits without a walk over every node to find that out.
+fn largest_capacity(st: &State) -> u64 {
+    st.nodes
+        .values()
+        .filter(|n| takes_tasks(n))
+        .filter_map(|n| n.node.capacity.as_ref().map(|c| c.memory_mb))
+        .max()
+        .unwrap_or(0)
 }
 
 /// The next node after the cursor (by name, wrapping) with `need_mb` free
@@ -208,77 +218,127 @@ pub fn schedule(st: &mut State, now: SystemTime, out: &mut Vec<Mutation>) -> Pas
         refusals.unsettle(&mut st.wait_reasons);
         return pass;
     }
-    let fresh: HashSet<String> = fresh.into_iter().collect();
+    let fresh = Fresh::new(fresh, &st.unplaced);
     let mut cursor: Option<String> = None;
     loop {
-        let (batch, skipped, rest) =
-            next_chunk(st, cursor.as_deref(), now, &fresh, &mut refusals, &mut pass);
-        UNPLACEABLE.increment(skipped);
-        for id in &batch {
+        let chunk = next_chunk(st, cursor.as_deref(), now, &fresh, &mut refusals);
+        UNPLACEABLE.increment(chunk.passed_over);
+        for id in &chunk.batch {
             consider(st, id, now, &mut refusals, &mut pass, out);
         }
-        match rest {
-            Some(after) => cursor = Some(after),
-            None => break,
+        match chunk.rest {
+            Rest::From(after) => cursor = Some(after),
+            Rest::None => break,
+            Rest::AllRefused(after) => {
+                // Every task left is sure to wait and already says why,
+                // but for new ones.
+                let left = fresh
+                    .iter()
+                    .filter(|id| after.as_deref().is_none_or(|a| id.as_str() > a));
+                for id in left {
+                    consider(st, id, now, &mut refusals, &mut pass, out);
+                }
+                break;
+            }
         }
     }
     // Every PENDING task left waiting was refused in this pass: each now
     // says what this pass found.
     st.wait_reasons = refusals.into_reasons();
+    pass.wake_at = st.unplaced.next_due(now);
     pass
 }
 
-/// The next tasks of the queue after `after` that need a look, and how many
-/// were passed over: those in their backoff, and those sure to find no
-/// node that already say why (or need not: new attempts). Returns where the
-/// walk goes on, None at the end of the queue.
+/// Tasks of the queue looked at by [`next_chunk`].
+struct Chunk {
+    /// Tasks that need a look, in order.
+    batch: Vec<String>,
+    /// Tasks passed over: sure to find no node and saying why already (or
+    /// needing no reason: new attempts).
+    passed_over: u64,
+    rest: Rest,
+}
+
+/// Where a pass goes on after a [`Chunk`].
+enum Rest {
+    /// After this task.
+    From(String),
+    /// Nowhere: the end of the queue.
+    None,
+    /// Nowhere: every task after this one (None: every task) is sure to
+    /// find no node, and all but new ones already say why.
+    AllRefused(Option<String>),
+}
+
+/// How many tasks a pass passes over between checks of whether the rest of
+/// the queue can be passed over as a whole.
+const CHECK_EVERY: usize = 1024;
+
+/// The next tasks of the queue after `after` that need a look. Tasks in
+/// their backoff are passed over (the queue knows when they are due).
 fn next_chunk(
     st: &State,
     after: Option<&str>,
     now: SystemTime,
-    fresh: &HashSet<String>,
+    fresh: &Fresh,
     refusals: &mut Refusals,
-    pass: &mut Pass,
-) -> (Vec<String>, u64, Option<String>) {
-    let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-    let mut batch = Vec::with_capacity(CHUNK);
-    let mut skipped = 0;
+) -> Chunk {
+    // A pass's first tasks show what cannot be placed; a small first chunk
+    // lets the rest of the walk use that.
+    let size = if refusals.is_empty() { 8 } else { CHUNK };
+    let mut chunk = Chunk {
+        batch: Vec::with_capacity(size),
+        passed_over: 0,
+        rest: Rest::None,
+    };
+    let work_out = |need: u64, c: &[String]| {
+        // Checked when the task was created: a stored one parses.
+        let parsed = constraints::parse_all(c).unwrap_or_default();
+        unplaceable_reason(st, need, &parsed)
+    };
     // The size and constraints last passed over: a backlog is mostly runs
     // of alike tasks, and once passed over, always passed over this pass.
     // With whether a PENDING one may be passed over too (it already says
     // why it waits), or only new attempts.
     let mut passed_over: Option<(u64, &[String], bool)> = None;
-    for (id, w) in st.unplaced.range::<str, _>((from, Bound::Unbounded)) {
-        if let Some(t) = w.not_before.filter(|t| *t > now) {
-            pass.wake_at = Some(pass.wake_at.map_or(t, |w| w.min(t)));
+    let mut last: Option<&String> = None;
+    for (scanned, (id, w)) in st.unplaced.after(after).enumerate() {
+        if scanned % CHECK_EVERY == 0
+            && !refusals.is_empty()
+            && st
+                .unplaced
+                .all_refused(fresh, refusals, &st.wait_reasons, work_out)
+        {
+            chunk.rest = Rest::AllRefused(last.cloned().or_else(|| after.map(str::to_string)));
+            return chunk;
+        }
+        last = Some(id);
+        if w.not_before.is_some_and(|t| t > now) {
             continue;
         }
         let alike = passed_over.filter(|(mb, c, _)| *mb == w.need_mb && *c == w.constraints);
-        if alike.is_some_and(|(_, _, settled)| {
-            !w.pending || (settled && (fresh.is_empty() || !fresh.contains(id)))
-        }) {
-            skipped += 1;
+        if alike.is_some_and(|(_, _, settled)| !w.pending || (settled && !fresh.contains(id))) {
+            chunk.passed_over += 1;
             continue;
         }
         if refusals.refuses(w.need_mb, &w.constraints)
             && (!w.pending
                 || (!fresh.contains(id)
                     && refusals.settled(w.need_mb, &w.constraints, &st.wait_reasons, || {
-                        // Checked when the task was created: a stored one parses.
-                        let parsed = constraints::parse_all(&w.constraints).unwrap_or_default();
-                        unplaceable_reason(st, w.need_mb, &parsed)
+                        work_out(w.need_mb, &w.constraints)
                     })))
         {
-            skipped += 1;
+            chunk.passed_over += 1;
             passed_over = Some((w.need_mb, &w.constraints, w.pending));
             continue;
         }
-        batch.push(id.clone());
-        if batch.len() == CHUNK {
-            return (batch, skipped, Some(id.clone()));
+        chunk.batch.push(id.clone());
+        if chunk.batch.len() == size {
+            chunk.rest = Rest::From(id.clone());
+            return chunk;
         }
     }
-    (batch, skipped, None)
+    chunk
 }
 
 /// Places one waiting task if a node has room, else records why it waits.
@@ -312,7 +372,9 @@ fn consider(
         .unwrap_or_default();
     // Checked when the task was created: a stored one parses.
     let parsed = constraints::parse_all(&wanted).unwrap_or_default();
-    let picked = if refusals.refuses(need, &wanted) {
+    let picked = if refusals.refuses(need, &wanted)
+        || need > refusals.largest_capacity(|| largest_capacity(st))
+    {
         None
     } else {
         pick(st, need, &parsed)

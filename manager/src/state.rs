@@ -1,7 +1,7 @@
 //! The manager's in-memory model: every task, its events and every node.
 //! Reads are served from here; every change goes through [`State::transition`]
 //! (the state machine) and yields the [`Mutation`]s that make it durable.
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 
 use minkube::convert::now;
@@ -10,7 +10,7 @@ use minkube_common::state_machine::{self, IllegalTransition};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::scheduler::queue::{WaitReasons, Waiting};
+use crate::scheduler::queue::{Queue, WaitReasons, Waiting};
 use crate::store::{Mutation, Snapshot, StoredTask};
 use crate::task_table::{Slot, TaskTable};
 
@@ -119,7 +119,7 @@ pub struct State {
     /// Ids of tasks waiting for a node, creation order: the scheduler's
     /// queue. PENDING tasks, and SCHEDULED ones whose next attempt is not
     /// placed yet (retries, restarts, tasks of a lost node).
-    pub unplaced: BTreeMap<String, Waiting>,
+    pub unplaced: Queue,
     /// Why the waiting PENDING tasks wait, by constraints and size, as the
     /// last scheduling pass over the whole queue left them: a pass skips
     /// those that already say what it would (see [`crate::scheduler`]).

@@ -289,15 +289,24 @@ fn reason_of(st: &State, id: &str) -> String {
     st.tasks.get(id).unwrap().status().reason.clone()
 }
 
-/// A backlog no node can take, on nodes with some room: the case where a
-/// pass passes over tasks that already say why they wait (after its first
-/// chunk: the tasks after it here).
-fn backlog(n: usize) -> (State, Vec<String>) {
+/// Tasks of sizes all their own queued ahead of a backlog: too many shapes
+/// for a pass to stop early, so it walks the backlog.
+const ODD_SIZES: usize = 100;
+
+/// A backlog of 200 MB tasks no node can take, on nodes with some room:
+/// the case where a pass passes over tasks that already say why they wait
+/// (after its first chunk) and, with `odd_sizes` false, stops early.
+fn backlog(n: usize, odd_sizes: bool) -> (State, Vec<String>) {
     let mut st = State::default();
     let mut out = Vec::new();
     ready_node(&mut st, "a", 100);
     ready_node(&mut st, "b", 100);
-    let ids: Vec<String> = (0..n).map(|i| format!("t{i:03}")).collect();
+    if odd_sizes {
+        for i in 0..ODD_SIZES {
+            pending(&mut st, &format!("s{i:03}"), 1000 + i as u64, &mut out);
+        }
+    }
+    let ids: Vec<String> = (0..n).map(|i| format!("t{i:04}")).collect();
     for id in &ids {
         pending(&mut st, id, 200, &mut out);
     }
@@ -306,58 +315,66 @@ fn backlog(n: usize) -> (State, Vec<String>) {
 
 #[test]
 fn a_backlog_that_already_says_why_it_waits_costs_a_pass_no_write() {
-    let (mut st, ids) = backlog(200);
-    let mut out = Vec::new();
-    schedule(&mut st, SystemTime::now(), &mut out);
-    for id in &ids {
-        assert_eq!(reason_of(&st, id), "no ready node with 200 MB free");
+    for odd_sizes in [false, true] {
+        let (mut st, ids) = backlog(3000, odd_sizes);
+        let mut out = Vec::new();
+        schedule(&mut st, SystemTime::now(), &mut out);
+        for id in &ids {
+            assert_eq!(reason_of(&st, id), "no ready node with 200 MB free");
+        }
+        out.clear();
+        assert!(schedule(&mut st, SystemTime::now(), &mut out)
+            .placements
+            .is_empty());
+        assert!(out.is_empty(), "{out:?}");
     }
-    out.clear();
-    assert!(schedule(&mut st, SystemTime::now(), &mut out)
-        .placements
-        .is_empty());
-    assert!(out.is_empty(), "{out:?}");
 }
 
 #[test]
 fn when_the_reason_changes_every_waiting_task_is_told() {
-    let (mut st, ids) = backlog(200);
-    let mut out = Vec::new();
-    schedule(&mut st, SystemTime::now(), &mut out);
-    st.nodes.get_mut("id-b").unwrap().node.availability = NodeAvailability::Cordoned as i32;
-    out.clear();
-    schedule(&mut st, SystemTime::now(), &mut out);
-    for id in &ids {
-        assert_eq!(
-            reason_of(&st, id),
-            "no ready node with 200 MB free (1 ready node is cordoned or drained)"
-        );
+    for odd_sizes in [false, true] {
+        let (mut st, ids) = backlog(3000, odd_sizes);
+        let mut out = Vec::new();
+        schedule(&mut st, SystemTime::now(), &mut out);
+        st.nodes.get_mut("id-b").unwrap().node.availability = NodeAvailability::Cordoned as i32;
+        out.clear();
+        schedule(&mut st, SystemTime::now(), &mut out);
+        for id in &ids {
+            assert_eq!(
+                reason_of(&st, id),
+                "no ready node with 200 MB free (1 ready node is cordoned or drained)"
+            );
+        }
+        let odd = if odd_sizes { ODD_SIZES } else { 0 };
+        assert_eq!(out.len(), ids.len() + odd, "one write per task");
     }
-    assert_eq!(out.len(), ids.len(), "one write per task");
 }
 
 #[test]
 fn a_new_task_among_a_settled_backlog_is_told_why_it_waits() {
-    let (mut st, _) = backlog(200);
-    let mut out = Vec::new();
-    schedule(&mut st, SystemTime::now(), &mut out);
-    // Stored with another reason (as by a CreateTask that saw other nodes).
-    pending(&mut st, "t999", 200, &mut out);
-    st.tasks
-        .get_mut("t999")
-        .unwrap()
-        .task
-        .status
-        .as_mut()
-        .unwrap()
-        .reason = "no ready node with 200 MB free (3 ready nodes are cordoned or drained)".into();
-    schedule(&mut st, SystemTime::now(), &mut out);
-    assert_eq!(reason_of(&st, "t999"), "no ready node with 200 MB free");
+    for odd_sizes in [false, true] {
+        let (mut st, _) = backlog(3000, odd_sizes);
+        let mut out = Vec::new();
+        schedule(&mut st, SystemTime::now(), &mut out);
+        // Stored with another reason (as by a CreateTask that saw other nodes).
+        pending(&mut st, "t9999", 200, &mut out);
+        st.tasks
+            .get_mut("t9999")
+            .unwrap()
+            .task
+            .status
+            .as_mut()
+            .unwrap()
+            .reason =
+            "no ready node with 200 MB free (3 ready nodes are cordoned or drained)".into();
+        schedule(&mut st, SystemTime::now(), &mut out);
+        assert_eq!(reason_of(&st, "t9999"), "no ready node with 200 MB free");
+    }
 }
 
 #[test]
 fn a_pass_without_room_that_tells_new_tasks_otherwise_unsettles_the_backlog() {
-    let (mut st, ids) = backlog(200);
+    let (mut st, ids) = backlog(3000, false);
     let mut out = Vec::new();
     schedule(&mut st, SystemTime::now(), &mut out);
     // No room at all: a pass looks at new tasks only, and says so for them.
@@ -368,10 +385,10 @@ fn a_pass_without_room_that_tells_new_tasks_otherwise_unsettles_the_backlog() {
             .node
             .availability = NodeAvailability::Cordoned as i32;
     }
-    pending(&mut st, "t999", 200, &mut out);
+    pending(&mut st, "t9999", 200, &mut out);
     schedule(&mut st, SystemTime::now(), &mut out);
     let cordoned = "no ready node with 200 MB free (2 ready nodes are cordoned or drained)";
-    assert_eq!(reason_of(&st, "t999"), cordoned);
+    assert_eq!(reason_of(&st, "t9999"), cordoned);
     assert_eq!(reason_of(&st, &ids[0]), "no ready node with 200 MB free");
     // Back to the first conditions: the new task's reason is stale, so the
     // pass may not pass the backlog over.
@@ -383,27 +400,23 @@ fn a_pass_without_room_that_tells_new_tasks_otherwise_unsettles_the_backlog() {
             .availability = NodeAvailability::Active as i32;
     }
     schedule(&mut st, SystemTime::now(), &mut out);
-    assert_eq!(reason_of(&st, "t999"), "no ready node with 200 MB free");
+    assert_eq!(reason_of(&st, "t9999"), "no ready node with 200 MB free");
 }
 
 #[test]
 fn tasks_behind_a_backlog_are_placed_and_backoffs_still_wake_the_scheduler() {
-    let (mut st, _) = backlog(200);
+    let (mut st, _) = backlog(3000, false);
     let mut out = Vec::new();
     schedule(&mut st, SystemTime::now(), &mut out);
     // A small task behind the backlog, and a new attempt in its backoff.
     pending(&mut st, "zsmall", 10, &mut out);
     let later = SystemTime::now() + std::time::Duration::from_secs(60);
     pending(&mut st, "zretry", 10, &mut out);
-    st.unplaced.get_mut("zretry").unwrap().not_before = Some(later);
-    st.tasks
-        .get_mut("zretry")
-        .unwrap()
-        .task
-        .status
-        .as_mut()
-        .unwrap()
-        .next_attempt_at = Some(minkube::convert::to_timestamp(later));
+    let retry = st.tasks.get_mut("zretry").unwrap();
+    retry.task.status.as_mut().unwrap().next_attempt_at =
+        Some(minkube::convert::to_timestamp(later));
+    let waiting = queue::Waiting::of(retry);
+    st.unplaced.insert("zretry".into(), waiting);
     let pass = schedule(&mut st, SystemTime::now(), &mut out);
     let ids: Vec<_> = pass
         .placements
