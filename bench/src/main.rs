@@ -29,6 +29,8 @@ enum Scenario {
     Throughput,
     /// 2,000 tasks/s offered: submit->RUNNING and exit->watcher latency.
     OfferedLoad,
+    /// 100,000 tasks no node can take, while small tasks run: their latency.
+    Backlog,
     /// CreateTask from 1,000 concurrent callers, no agents.
     CreateLoad,
     /// 1,000,000 finished tasks stored: RSS, ListTasks, restart.
@@ -196,6 +198,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             }
             Scenario::OfferedLoad => {
                 scenarios::guarded(&name, &cmd, scenarios::fleet::offered_load(&ctx)).await
+            }
+            Scenario::Backlog => {
+                scenarios::guarded(&name, &cmd, scenarios::fleet::backlog(&ctx)).await
             }
             Scenario::CreateLoad => {
                 scenarios::guarded(&name, &cmd, scenarios::api::create_load(&ctx)).await

@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
+use minkube::pb;
 
 use super::{join, settle_time, Ctx};
 use crate::hollow::Fleet;
@@ -14,6 +15,8 @@ use crate::watcher::Watcher;
 
 /// Image name the hollow tasks carry (the simulated runtime runs nothing).
 const SIM_IMAGE: &str = "bench/simulated:1";
+/// A task's memory (MB) that no hollow node can give.
+const ONE_TIB_MB: u64 = 1024 * 1024;
 const STREAM_MESSAGES: &str = "minkube_manager_stream_messages_total";
 
 fn check_load(load: &LoadResult, wanted: usize) -> anyhow::Result<()> {
@@ -204,6 +207,104 @@ pub async fn offered_load(ctx: &Ctx) -> anyhow::Result<Section> {
         "store writes per task; requests per commit (group commit)",
         commits_per_task(commits_before, manager.store_commits().await?, tasks),
     );
+    fleet.stop().await;
+    manager.stop()?;
+    Ok(sec)
+}
+
+/// A backlog no node can take while other tasks come and go: every task
+/// that ends kicks a scheduling pass, which must not cost the tasks that
+/// do fit (or anyone else waiting for the state lock) a look at every
+/// waiting task.
+pub async fn backlog(ctx: &Ctx) -> anyhow::Result<Section> {
+    let agents = ctx.size(1000, 200);
+    let waiting = ctx.size(100_000, 20_000);
+    let rate = 500u32;
+    let tasks = ctx.size(5_000, 2_000);
+    let mut sec = Section::new(
+        "A backlog no node can take, while other tasks run (hollow agents)",
+        "minkube-bench backlog",
+        format!(
+            "{agents} hollow agents; {waiting} tasks asking more memory than any node has, then \
+             {tasks} small tasks offered at {rate}/s (open loop, 100 clients on 8 connections) \
+             that exit 50 ms after start: each one that ends kicks a scheduling pass with the \
+             backlog in the queue."
+        ),
+    );
+    let dir = ctx.dir("backlog")?;
+    let mut manager = Manager::start(&ctx.bin_dir, &dir.join("data"), &dir, &[]).await?;
+    let fleet = Fleet::start(
+        agents,
+        &manager.addr(),
+        "hollow",
+        Some(Duration::from_millis(50)),
+    )
+    .await?;
+    let queued = load::closed_loop(&manager.addr(), 256, 8, waiting, |i| {
+        let mut spec = load::spec(&format!("w{i}"), SIM_IMAGE, &[]);
+        spec.memory_mb = ONE_TIB_MB; // more than any node here has
+        spec
+    })
+    .await?;
+    check_load(&queued, waiting)?;
+    sec.info(
+        "backlog submitted in",
+        format!("{:.1} s", queued.elapsed.as_secs_f64()),
+    );
+    let mut watcher = Watcher::start(&manager.addr()).await?;
+    let before = manager.sample()?;
+    let load = load::open_loop(&manager.addr(), rate, 100, 8, tasks, |i| {
+        load::spec(&format!("t{i}"), SIM_IMAGE, &[])
+    })
+    .await?;
+    check_load(&load, tasks)?;
+    watcher
+        .wait(settle_time(tasks), "every small task finished", |p| {
+            p.finished >= tasks
+        })
+        .await?;
+    let after = manager.sample()?;
+    let seen = watcher.finish().await?;
+    let j = join(&load.ok, &seen);
+    ensure!(
+        j.missing == 0,
+        "{} tasks were never seen RUNNING",
+        j.missing
+    );
+    sec.info(
+        "submit -> RUNNING latency (small tasks)",
+        j.to_running.summary(),
+    );
+    let acks = crate::stats::Latencies::new(load.ok.iter().map(|s| s.ack).collect());
+    sec.info("CreateTask latency (small tasks)", acks.summary());
+    sec.info(
+        "manager CPU per 1,000 small tasks",
+        format!(
+            "{:.3} s",
+            (after.cpu - before.cpu).as_secs_f64() / (tasks as f64 / 1000.0)
+        ),
+    );
+    let mut control = manager.client().await?;
+    let page = control
+        .list_tasks(pb::ListTasksRequest {
+            page_size: 1,
+            states: vec![pb::TaskState::Pending as i32],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    ensure!(
+        page.total_count == waiting as u64,
+        "{} tasks wait, not {waiting}",
+        page.total_count
+    );
+    let reason = page
+        .tasks
+        .first()
+        .and_then(|t| t.status.as_ref())
+        .map(|s| s.reason.clone())
+        .unwrap_or_default();
+    sec.info("a waiting task says", reason);
     fleet.stop().await;
     manager.stop()?;
     Ok(sec)
