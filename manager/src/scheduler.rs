@@ -16,8 +16,10 @@ use crate::state::State;
 use crate::store::Mutation;
 
 pub mod queue;
+pub mod refusals;
 
-use queue::{Fresh, Refusals};
+use queue::Fresh;
+use refusals::Refusals;
 
 /// Placements made. Looked up once: the macro would search the registry
 /// for every placement.

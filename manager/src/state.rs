@@ -10,7 +10,8 @@ use minkube_common::state_machine::{self, IllegalTransition};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::scheduler::queue::{Queue, WaitReasons, Waiting};
+use crate::scheduler::queue::{Queue, Waiting};
+use crate::scheduler::refusals::WaitReasons;
 use crate::store::{Mutation, Snapshot, StoredTask};
 use crate::task_table::{Slot, TaskTable};
 

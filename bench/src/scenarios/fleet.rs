@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::ensure;
 use minkube::pb;
 
-use super::{join, settle_time, Ctx};
+use super::{join, settle_time, Ctx, Joined};
 use crate::hollow::Fleet;
 use crate::load::{self, LoadResult};
 use crate::manager::Manager;
@@ -173,25 +173,9 @@ pub async fn offered_load(ctx: &Ctx) -> anyhow::Result<Section> {
         Some(Duration::from_millis(50)),
     )
     .await?;
-    let mut watcher = Watcher::start(&manager.addr()).await?;
+    let watcher = Watcher::start(&manager.addr()).await?;
     let commits_before = manager.store_commits().await?;
-    let load = load::open_loop(&manager.addr(), rate, 200, 8, tasks, |i| {
-        load::spec(&format!("t{i}"), SIM_IMAGE, &[])
-    })
-    .await?;
-    check_load(&load, tasks)?;
-    watcher
-        .wait(settle_time(tasks), "every task finished", |p| {
-            p.finished >= tasks
-        })
-        .await?;
-    let seen = watcher.finish().await?;
-    let j = join(&load.ok, &seen);
-    ensure!(
-        j.missing == 0,
-        "{} tasks were never seen RUNNING",
-        j.missing
-    );
+    let (_, j) = offer(&manager, watcher, rate, 200, tasks).await?;
     sec.check_p99("submit -> RUNNING latency", &j.to_running, 50);
     sec.check_p99("container exit -> watcher", &j.exit_to_watcher, 10);
     // Where the tail comes from: the durable write every change waits for,
@@ -251,26 +235,10 @@ pub async fn backlog(ctx: &Ctx) -> anyhow::Result<Section> {
         "backlog submitted in",
         format!("{:.1} s", queued.elapsed.as_secs_f64()),
     );
-    let mut watcher = Watcher::start(&manager.addr()).await?;
+    let watcher = Watcher::start(&manager.addr()).await?;
     let before = manager.sample()?;
-    let load = load::open_loop(&manager.addr(), rate, 100, 8, tasks, |i| {
-        load::spec(&format!("t{i}"), SIM_IMAGE, &[])
-    })
-    .await?;
-    check_load(&load, tasks)?;
-    watcher
-        .wait(settle_time(tasks), "every small task finished", |p| {
-            p.finished >= tasks
-        })
-        .await?;
+    let (load, j) = offer(&manager, watcher, rate, 100, tasks).await?;
     let after = manager.sample()?;
-    let seen = watcher.finish().await?;
-    let j = join(&load.ok, &seen);
-    ensure!(
-        j.missing == 0,
-        "{} tasks were never seen RUNNING",
-        j.missing
-    );
     sec.info(
         "submit -> RUNNING latency (small tasks)",
         j.to_running.summary(),
@@ -308,6 +276,36 @@ pub async fn backlog(ctx: &Ctx) -> anyhow::Result<Section> {
     fleet.stop().await;
     manager.stop()?;
     Ok(sec)
+}
+
+/// Offers `tasks` simulated tasks at `rate` from `callers` clients on 8
+/// connections and waits until `watcher` saw each one finish; every one
+/// must have been seen RUNNING.
+async fn offer(
+    manager: &Manager,
+    mut watcher: Watcher,
+    rate: u32,
+    callers: usize,
+    tasks: usize,
+) -> anyhow::Result<(LoadResult, Joined)> {
+    let load = load::open_loop(&manager.addr(), rate, callers, 8, tasks, |i| {
+        load::spec(&format!("t{i}"), SIM_IMAGE, &[])
+    })
+    .await?;
+    check_load(&load, tasks)?;
+    watcher
+        .wait(settle_time(tasks), "every task finished", |p| {
+            p.finished >= tasks
+        })
+        .await?;
+    let seen = watcher.finish().await?;
+    let j = join(&load.ok, &seen);
+    ensure!(
+        j.missing == 0,
+        "{} tasks were never seen RUNNING",
+        j.missing
+    );
+    Ok((load, j))
 }
 
 /// Many connected agents doing nothing but heartbeats.

@@ -289,6 +289,16 @@ fn reason_of(st: &State, id: &str) -> String {
     st.tasks.get(id).unwrap().status().reason.clone()
 }
 
+fn set_availability(st: &mut State, names: &[&str], a: NodeAvailability) {
+    for n in names {
+        st.nodes
+            .get_mut(&format!("id-{n}"))
+            .unwrap()
+            .node
+            .availability = a as i32;
+    }
+}
+
 /// Tasks of sizes all their own queued ahead of a backlog: too many shapes
 /// for a pass to stop early, so it walks the backlog.
 const ODD_SIZES: usize = 100;
@@ -336,7 +346,7 @@ fn when_the_reason_changes_every_waiting_task_is_told() {
         let (mut st, ids) = backlog(3000, odd_sizes);
         let mut out = Vec::new();
         schedule(&mut st, SystemTime::now(), &mut out);
-        st.nodes.get_mut("id-b").unwrap().node.availability = NodeAvailability::Cordoned as i32;
+        set_availability(&mut st, &["b"], NodeAvailability::Cordoned);
         out.clear();
         schedule(&mut st, SystemTime::now(), &mut out);
         for id in &ids {
@@ -378,13 +388,7 @@ fn a_pass_without_room_that_tells_new_tasks_otherwise_unsettles_the_backlog() {
     let mut out = Vec::new();
     schedule(&mut st, SystemTime::now(), &mut out);
     // No room at all: a pass looks at new tasks only, and says so for them.
-    for n in ["a", "b"] {
-        st.nodes
-            .get_mut(&format!("id-{n}"))
-            .unwrap()
-            .node
-            .availability = NodeAvailability::Cordoned as i32;
-    }
+    set_availability(&mut st, &["a", "b"], NodeAvailability::Cordoned);
     pending(&mut st, "t9999", 200, &mut out);
     schedule(&mut st, SystemTime::now(), &mut out);
     let cordoned = "no ready node with 200 MB free (2 ready nodes are cordoned or drained)";
@@ -392,13 +396,7 @@ fn a_pass_without_room_that_tells_new_tasks_otherwise_unsettles_the_backlog() {
     assert_eq!(reason_of(&st, &ids[0]), "no ready node with 200 MB free");
     // Back to the first conditions: the new task's reason is stale, so the
     // pass may not pass the backlog over.
-    for n in ["a", "b"] {
-        st.nodes
-            .get_mut(&format!("id-{n}"))
-            .unwrap()
-            .node
-            .availability = NodeAvailability::Active as i32;
-    }
+    set_availability(&mut st, &["a", "b"], NodeAvailability::Active);
     schedule(&mut st, SystemTime::now(), &mut out);
     assert_eq!(reason_of(&st, "t9999"), "no ready node with 200 MB free");
 }
