@@ -230,13 +230,15 @@ pub fn schedule(st: &mut State, now: SystemTime, out: &mut Vec<Mutation>) -> Pas
         }
         match chunk.rest {
             Rest::From(after) => cursor = Some(after),
-            Rest::None => break,
+            Rest::End => break,
             Rest::AllRefused(after) => {
                 // Every task left is sure to wait and already says why,
-                // but for new ones.
-                let left = fresh
+                // but for new ones: those, oldest first.
+                let mut left: Vec<&String> = fresh
                     .iter()
-                    .filter(|id| after.as_deref().is_none_or(|a| id.as_str() > a));
+                    .filter(|id| after.as_deref().is_none_or(|a| id.as_str() > a))
+                    .collect();
+                left.sort_unstable();
                 for id in left {
                     consider(st, id, now, &mut refusals, &mut pass, out);
                 }
@@ -266,7 +268,7 @@ enum Rest {
     /// After this task.
     From(String),
     /// Nowhere: the end of the queue.
-    None,
+    End,
     /// Nowhere: every task after this one (None: every task) is sure to
     /// find no node, and all but new ones already say why.
     AllRefused(Option<String>),
@@ -291,7 +293,7 @@ fn next_chunk(
     let mut chunk = Chunk {
         batch: Vec::with_capacity(size),
         passed_over: 0,
-        rest: Rest::None,
+        rest: Rest::End,
     };
     let work_out = |need: u64, c: &[String]| {
         // Checked when the task was created: a stored one parses.

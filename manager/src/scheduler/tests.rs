@@ -406,8 +406,11 @@ fn tasks_behind_a_backlog_are_placed_and_backoffs_still_wake_the_scheduler() {
     let (mut st, _) = backlog(3000, false);
     let mut out = Vec::new();
     schedule(&mut st, SystemTime::now(), &mut out);
-    // A small task behind the backlog, and a new attempt in its backoff.
-    pending(&mut st, "zsmall", 10, &mut out);
+    // Small tasks behind the backlog, only some of which fit, and a new
+    // attempt in its backoff.
+    for id in ["zsmall", "zsmall2", "zsmall3"] {
+        pending(&mut st, id, 60, &mut out);
+    }
     let later = SystemTime::now() + std::time::Duration::from_secs(60);
     pending(&mut st, "zretry", 10, &mut out);
     let retry = st.tasks.get_mut("zretry").unwrap();
@@ -421,6 +424,6 @@ fn tasks_behind_a_backlog_are_placed_and_backoffs_still_wake_the_scheduler() {
         .iter()
         .map(|p| p.assignment.task_id.as_str())
         .collect();
-    assert_eq!(ids, ["zsmall"]);
+    assert_eq!(ids, ["zsmall", "zsmall2"], "oldest first");
     assert_eq!(pass.wake_at, Some(later));
 }
