@@ -117,9 +117,9 @@ pub struct State {
     pub tasks: TaskTable,
     /// Nodes by id.
     pub nodes: HashMap<String, NodeEntry>,
-    /// Ids of tasks waiting for a node, creation order: the scheduler's
-    /// queue. PENDING tasks, and SCHEDULED ones whose next attempt is not
-    /// placed yet (retries, restarts, tasks of a lost node).
+    /// Tasks waiting for a node, creation order: the scheduler's queue.
+    /// PENDING tasks, and SCHEDULED ones whose next attempt is not placed
+    /// yet (retries, restarts, tasks of a lost node).
     pub unplaced: Queue,
     /// Why the waiting PENDING tasks wait, by constraints and size, as the
     /// last scheduling pass over the whole queue left them: a pass skips
@@ -267,11 +267,11 @@ impl State {
 
     /// The active (SCHEDULED or RUNNING) tasks placed on a node, by id order.
     pub fn active_on(&self, node_id: &str) -> impl Iterator<Item = &TaskEntry> {
-        self.active
-            .get(node_id)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.tasks.live(id))
+        self.unfinished_on(node_id, None)
+            .filter_map(|(_, slot)| match slot {
+                Slot::Live(e) => Some(&**e),
+                Slot::Finished(_) => None,
+            })
     }
 
     /// Every unfinished task on a node, ids after `after`, in id order: the

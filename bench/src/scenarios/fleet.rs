@@ -45,18 +45,12 @@ pub async fn throughput(ctx: &Ctx) -> anyhow::Result<Section> {
         ),
     );
     let dir = ctx.dir("throughput")?;
-    let mut manager = Manager::start(
-        &ctx.bin_dir,
-        &dir.join("data"),
+    let (mut manager, fleet) = cluster(
+        ctx,
         &dir,
         &["--max-finished-tasks", "10000000"],
-    )
-    .await?;
-    let fleet = Fleet::start(
         agents,
-        &manager.addr(),
-        "hollow",
-        Some(Duration::from_millis(100)),
+        100,
     )
     .await?;
     sec.info(
@@ -165,14 +159,7 @@ pub async fn offered_load(ctx: &Ctx) -> anyhow::Result<Section> {
         ),
     );
     let dir = ctx.dir("offered-load")?;
-    let mut manager = Manager::start(&ctx.bin_dir, &dir.join("data"), &dir, &[]).await?;
-    let fleet = Fleet::start(
-        agents,
-        &manager.addr(),
-        "hollow",
-        Some(Duration::from_millis(50)),
-    )
-    .await?;
+    let (mut manager, fleet) = cluster(ctx, &dir, &[], agents, 50).await?;
     let watcher = Watcher::start(&manager.addr()).await?;
     let commits_before = manager.store_commits().await?;
     let (_, j) = offer(&manager, watcher, rate, 200, tasks).await?;
@@ -216,14 +203,7 @@ pub async fn backlog(ctx: &Ctx) -> anyhow::Result<Section> {
         ),
     );
     let dir = ctx.dir("backlog")?;
-    let mut manager = Manager::start(&ctx.bin_dir, &dir.join("data"), &dir, &[]).await?;
-    let fleet = Fleet::start(
-        agents,
-        &manager.addr(),
-        "hollow",
-        Some(Duration::from_millis(50)),
-    )
-    .await?;
+    let (mut manager, fleet) = cluster(ctx, &dir, &[], agents, 50).await?;
     let queued = load::closed_loop(&manager.addr(), 256, 8, waiting, |i| {
         let mut spec = load::spec(&format!("w{i}"), SIM_IMAGE, &[]);
         spec.memory_mb = ONE_TIB_MB; // more than any node here has
@@ -276,6 +256,26 @@ pub async fn backlog(ctx: &Ctx) -> anyhow::Result<Section> {
     fleet.stop().await;
     manager.stop()?;
     Ok(sec)
+}
+
+/// A manager on a fresh data dir in `dir` with `args`, and `agents` hollow
+/// agents whose tasks exit `exit_after_ms` after they start.
+async fn cluster(
+    ctx: &Ctx,
+    dir: &std::path::Path,
+    args: &[&str],
+    agents: usize,
+    exit_after_ms: u64,
+) -> anyhow::Result<(Manager, Fleet)> {
+    let manager = Manager::start(&ctx.bin_dir, &dir.join("data"), dir, args).await?;
+    let fleet = Fleet::start(
+        agents,
+        &manager.addr(),
+        "hollow",
+        Some(Duration::from_millis(exit_after_ms)),
+    )
+    .await?;
+    Ok((manager, fleet))
 }
 
 /// Offers `tasks` simulated tasks at `rate` from `callers` clients on 8

@@ -289,6 +289,10 @@ fn reason_of(st: &State, id: &str) -> String {
     st.tasks.get(id).unwrap().status().reason.clone()
 }
 
+fn status_of<'a>(st: &'a mut State, id: &str) -> &'a mut pb::TaskStatus {
+    st.tasks.get_mut(id).unwrap().task.status.as_mut().unwrap()
+}
+
 fn set_availability(st: &mut State, names: &[&str], a: NodeAvailability) {
     for n in names {
         st.nodes
@@ -368,14 +372,7 @@ fn a_new_task_among_a_settled_backlog_is_told_why_it_waits() {
         schedule(&mut st, SystemTime::now(), &mut out);
         // Stored with another reason (as by a CreateTask that saw other nodes).
         pending(&mut st, "t9999", 200, &mut out);
-        st.tasks
-            .get_mut("t9999")
-            .unwrap()
-            .task
-            .status
-            .as_mut()
-            .unwrap()
-            .reason =
+        status_of(&mut st, "t9999").reason =
             "no ready node with 200 MB free (3 ready nodes are cordoned or drained)".into();
         schedule(&mut st, SystemTime::now(), &mut out);
         assert_eq!(reason_of(&st, "t9999"), "no ready node with 200 MB free");
@@ -413,10 +410,8 @@ fn tasks_behind_a_backlog_are_placed_and_backoffs_still_wake_the_scheduler() {
     }
     let later = SystemTime::now() + std::time::Duration::from_secs(60);
     pending(&mut st, "zretry", 10, &mut out);
-    let retry = st.tasks.get_mut("zretry").unwrap();
-    retry.task.status.as_mut().unwrap().next_attempt_at =
-        Some(minkube::convert::to_timestamp(later));
-    let waiting = queue::Waiting::of(retry);
+    status_of(&mut st, "zretry").next_attempt_at = Some(minkube::convert::to_timestamp(later));
+    let waiting = queue::Waiting::of(st.tasks.live("zretry").unwrap());
     st.unplaced.insert("zretry".into(), waiting);
     let pass = schedule(&mut st, SystemTime::now(), &mut out);
     let ids: Vec<_> = pass
