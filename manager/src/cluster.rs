@@ -204,6 +204,11 @@ impl Cluster {
         Ok(events)
     }
 
+    /// Whether the store's writes arrive fast enough to be batched.
+    pub(crate) fn committer_busy(&self) -> bool {
+        self.committer.is_busy()
+    }
+
     /// Asks the scheduler to look at the pending queue.
     pub(crate) fn kick_scheduler(&self) {
         self.schedule.notify_one();
@@ -284,6 +289,21 @@ impl Cluster {
                 false
             }
         }
+    }
+
+    /// Sends an assignment through a slot held in a node's stream (see
+    /// [`crate::scheduler::admit`]): never waits. A session that ended
+    /// meanwhile drops it; the node's next session gets its desired set.
+    pub(crate) fn send_reserved(
+        &self,
+        slot: crate::scheduler::StreamSlot,
+        node_id: &str,
+        assignment: pb::Assignment,
+    ) {
+        let msg = pb::manager_message::Msg::Assignment(assignment);
+        tracing::trace!(node_id, "assignment placed at creation");
+        slot.send(Ok(pb::ManagerMessage { msg: Some(msg) }));
+        count_outbound(1);
     }
 
     /// Sets the gauges that describe live state (run before each scrape):

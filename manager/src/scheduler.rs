@@ -15,8 +15,11 @@ use minkube_common::validate::MIN_MEMORY_MB;
 use crate::state::State;
 use crate::store::Mutation;
 
+mod admit;
 pub mod queue;
 pub mod refusals;
+
+pub use admit::{admit, place_new, Admission, StreamSlot};
 
 use queue::Fresh;
 use refusals::Refusals;
@@ -123,22 +126,6 @@ fn next_with_room<'a>(
     (0..ring.len())
         .map(|i| &ring[(start + i) % ring.len()])
         .find(|(_, id)| free_mb(st, id, constraints).is_some_and(|free| free >= need_mb))
-}
-
-/// Why a new task would wait if the scheduler looked now, or `None` when a
-/// node has room for it (the next pass places it). Given at creation, a
-/// cluster without room stores a new task once, reason included, instead
-/// of storing it and then, from the scheduler, its reason: under a burst
-/// that second write was as much work as the first.
-pub fn reason_to_wait(st: &mut State, spec: &pb::TaskSpec) -> Option<String> {
-    let renames = st.node_renames;
-    st.ring.refresh(&st.nodes, renames);
-    // Checked by validation before this: a spec's constraints parse.
-    let parsed = constraints::parse_all(&spec.constraints).unwrap_or_default();
-    if next_with_room(st, spec.memory_mb, &parsed).is_some() {
-        return None;
-    }
-    Some(unplaceable_reason(st, spec.memory_mb, &parsed))
 }
 
 /// A placement made by [`schedule`]: send `assignment` to `node_id` once durable.
@@ -399,6 +386,22 @@ fn consider(
         }
         return;
     };
+    if let Some(p) = place(st, id, node_id, node_name, attempt, out) {
+        pass.placements.push(p);
+    }
+}
+
+/// Places a waiting task on a node that has room for it: SCHEDULED there,
+/// out of the queue, the round-robin cursor on that node. Returns the
+/// assignment to send once the change is durable.
+fn place(
+    st: &mut State,
+    id: &str,
+    node_id: String,
+    node_name: String,
+    attempt: u32,
+    out: &mut Vec<Mutation>,
+) -> Option<Placement> {
     let reason = if attempt > 1 {
         format!("attempt {attempt} placed on node {node_name}")
     } else {
@@ -409,8 +412,8 @@ fn consider(
         TaskState::Scheduled,
         &reason,
         |s| {
-            s.node_id = node_id.clone();
-            s.node_name = node_name.clone();
+            s.node_id.clone_from(&node_id);
+            s.node_name.clone_from(&node_name);
             s.attempt = attempt;
             s.next_attempt_at = None;
         },
@@ -418,22 +421,21 @@ fn consider(
     );
     if let Err(e) = placed {
         tracing::error!(task_id = %id, error = %e, "cannot place task");
-        return;
+        return None;
     }
     st.unplaced.remove(id);
     PLACED.increment(1);
     // The reservation is in `State::usage` now: the next pick sees it.
     st.rr_cursor = Some(node_name.clone());
-    if let Some(e) = st.tasks.live(id) {
-        // The decision is a span of the task's trace; the agent's work
-        // for this attempt continues from it.
-        let span = tracing::info_span!("task.schedule", task_id = %id, attempt, node = %node_name);
-        trace_context::set_parent(&span, &e.trace_context);
-        pass.placements.push(Placement {
-            node_id,
-            assignment: assignment_of(&e.task, trace_context::context_of(&span)),
-        });
-    }
+    let e = st.tasks.live(id)?;
+    // The decision is a span of the task's trace; the agent's work for
+    // this attempt continues from it.
+    let span = tracing::info_span!("task.schedule", task_id = %id, attempt, node = %node_name);
+    trace_context::set_parent(&span, &e.trace_context);
+    Some(Placement {
+        node_id,
+        assignment: assignment_of(&e.task, trace_context::context_of(&span)),
+    })
 }
 
 /// The assignment message for a placed task, under the given trace context.

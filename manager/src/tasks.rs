@@ -6,6 +6,7 @@ use minkube_common::{paging, trace_context, validate};
 
 use crate::cluster::Cluster;
 use crate::error::ManagerError;
+use crate::scheduler::{self, Admission};
 use crate::task_table::Slot;
 
 /// Most tasks one ListTasks call looks at, ~1 ms under the state lock with a
@@ -65,21 +66,37 @@ impl Cluster {
             updated_at: Some(created),
             trace_id,
         };
-        let task = self
+        // Under heavy load scheduler passes place many tasks in one go.
+        let place_now = !self.committer_busy();
+        let (task, placed) = self
             .write(move |st, out| {
                 let mut task = task;
-                if let Some(reason) = task
+                let admission = task
                     .spec
                     .as_ref()
-                    .and_then(|s| crate::scheduler::reason_to_wait(st, s))
-                {
-                    task.status.get_or_insert_with(Default::default).reason = reason;
+                    .map_or(Admission::Queue, |s| scheduler::admit(st, s, place_now));
+                if let Admission::Waits(reason) = &admission {
+                    task.status.get_or_insert_with(Default::default).reason = reason.clone();
                 }
+                let id = task.id.clone();
                 st.insert_traced_task(task.clone(), trace_context, out);
-                Ok(task)
+                let Admission::Place {
+                    node_id,
+                    node_name,
+                    slot,
+                } = admission
+                else {
+                    return Ok((task, None));
+                };
+                let placed = scheduler::place_new(st, &id, node_id, node_name, out);
+                let task = st.tasks.live(&id).map_or(task, |e| e.task.clone());
+                Ok((task, placed.map(|p| (p, slot))))
             })
             .await?;
-        self.kick_scheduler();
+        match placed {
+            Some((p, slot)) => self.send_reserved(slot, &p.node_id, p.assignment),
+            None => self.kick_scheduler(),
+        }
         tracing::info!(task_id = %task.id, trace_id = %task.trace_id, "task created");
         Ok(task)
     }
@@ -308,6 +325,36 @@ mod tests {
         assert!(c.create_task(None).await.is_err());
         let page = c.list_tasks(&TaskFilter::default(), 0, "").unwrap();
         assert_eq!(page.total_count, 0);
+        c.shutdown(std::time::Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test]
+    async fn a_task_a_node_has_room_for_is_placed_by_the_create_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cluster(dir.path()).await;
+        let (node_id, mut rx) = crate::cluster::test_node(&c, "a", 1000, 4).await;
+        let task = c.create_task(Some(spec("t"))).await.unwrap();
+        let status = task.status.clone().unwrap();
+        assert_eq!(status.state(), TaskState::Scheduled);
+        assert_eq!(status.node_id, node_id);
+        assert_eq!(status.reason, "placed on node a");
+        let sent = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(&sent.msg, Some(pb::manager_message::Msg::Assignment(a)) if a.task_id == task.id),
+            "{sent:?}"
+        );
+        // Stored as placed: a restart finds it on the node.
+        c.shutdown(std::time::Duration::from_secs(1)).await;
+        drop(c);
+        let c = cluster(dir.path()).await;
+        let (task, events) = c.get_task(&task.id).await.unwrap();
+        assert_eq!(task.status.unwrap().state(), TaskState::Scheduled);
+        let states: Vec<_> = events.iter().map(pb::TaskEvent::state).collect();
+        assert_eq!(states, [TaskState::Pending, TaskState::Scheduled]);
         c.shutdown(std::time::Duration::from_secs(1)).await;
     }
 

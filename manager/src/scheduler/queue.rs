@@ -121,6 +121,16 @@ impl Queue {
         self.tasks.is_empty()
     }
 
+    /// The sizes and constraints of the waiting tasks, each once, while
+    /// there are at most `limit` of them (`None`: more).
+    pub fn shapes(&self, limit: usize) -> Option<impl Iterator<Item = (u64, &[String])>> {
+        (self.shapes.len() <= limit).then(|| {
+            self.shapes
+                .keys()
+                .map(|(need, constraints)| (*need, constraints.as_slice()))
+        })
+    }
+
     /// Waiting task ids in order.
     pub fn keys(&self) -> impl Iterator<Item = &String> {
         self.tasks.keys()

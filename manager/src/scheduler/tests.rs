@@ -44,8 +44,18 @@ fn skips_nodes_without_memory_or_session_and_handles_vanished_cursor() {
     assert_eq!(picked(&State::default(), 1), None);
 }
 
-fn ready_node(st: &mut State, name: &str, mb: u64) {
+pub(super) fn ready_node(st: &mut State, name: &str, mb: u64) {
     let (tx, _rx) = tokio::sync::mpsc::channel(1);
+    connected_node(st, name, mb, tx);
+}
+
+/// A READY node whose stream is `tx`.
+pub(super) fn connected_node(
+    st: &mut State,
+    name: &str,
+    mb: u64,
+    tx: tokio::sync::mpsc::Sender<Result<pb::ManagerMessage, tonic::Status>>,
+) {
     st.nodes.insert(
         format!("id-{name}"),
         NodeEntry {
@@ -69,11 +79,11 @@ fn ready_node(st: &mut State, name: &str, mb: u64) {
     );
 }
 
-fn pending(st: &mut State, id: &str, mb: u64, out: &mut Vec<Mutation>) {
+pub(super) fn pending(st: &mut State, id: &str, mb: u64, out: &mut Vec<Mutation>) {
     constrained(st, id, mb, &[], out);
 }
 
-fn constrained(st: &mut State, id: &str, mb: u64, cs: &[&str], out: &mut Vec<Mutation>) {
+pub(super) fn constrained(st: &mut State, id: &str, mb: u64, cs: &[&str], out: &mut Vec<Mutation>) {
     st.insert_task(
         pb::Task {
             id: id.into(),
@@ -111,6 +121,14 @@ fn places_in_order_and_explains_what_waits() {
         "no ready node with 60 MB free"
     );
     assert_eq!(st.tasks.get("t0").unwrap().status().node_name, "a");
+}
+
+/// Why a new task would wait, as admission tells it.
+fn reason_to_wait(st: &mut State, spec: &pb::TaskSpec) -> Option<String> {
+    match admit(st, spec, true) {
+        Admission::Waits(reason) => Some(reason),
+        Admission::Place { .. } | Admission::Queue => None,
+    }
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! in-memory state) and wait; one writer thread commits everything queued so
 //! far in a single transaction, then answers every waiter. Under load many
 //! requests share one fsync; idle, a request pays exactly one.
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -83,6 +84,8 @@ struct Queue {
 struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
+    /// Whether requests arrive at [`BUSY_RATE`] or faster (as last measured).
+    busy: AtomicBool,
 }
 
 /// Owner of the writer thread.
@@ -105,6 +108,7 @@ impl Committer {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
+            busy: AtomicBool::new(false),
         });
         let worker = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -119,6 +123,13 @@ impl Committer {
             permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
             thread: Mutex::new(Some(thread)),
         })
+    }
+
+    /// Whether writes arrive at [`BUSY_RATE`] or faster, as last measured:
+    /// then commits wait for company, and work that can be batched is
+    /// better left to be batched.
+    pub fn is_busy(&self) -> bool {
+        self.shared.busy.load(Ordering::Relaxed)
     }
 
     /// Waits for room in the queue. Take the permit BEFORE locking the state
@@ -240,6 +251,7 @@ fn run(shared: &Shared, store: &dyn Store, delay: Duration) {
             q.items.drain(..n).collect()
         };
         busy = load.note(batch.len(), Instant::now());
+        shared.busy.store(busy, Ordering::Relaxed);
         // Moved, not cloned: each mutation holds a whole task record.
         let lens: Vec<usize> = batch.iter().map(|p| p.mutations.len()).collect();
         let mut all: Vec<Mutation> = Vec::with_capacity(lens.iter().sum());
