@@ -19,7 +19,7 @@ mod admit;
 pub mod queue;
 pub mod refusals;
 
-pub use admit::{admit, place_new, Admission, StreamSlot};
+pub use admit::{admit, admit_task, Admission, StreamSlot};
 
 use queue::Fresh;
 use refusals::Refusals;

@@ -6,7 +6,7 @@ use minkube_common::{paging, trace_context, validate};
 
 use crate::cluster::Cluster;
 use crate::error::ManagerError;
-use crate::scheduler::{self, Admission};
+use crate::scheduler;
 use crate::task_table::Slot;
 
 /// Most tasks one ListTasks call looks at, ~1 ms under the state lock with a
@@ -70,27 +70,13 @@ impl Cluster {
         let place_now = !self.committer_busy();
         let (task, placed) = self
             .write(move |st, out| {
-                let mut task = task;
-                let admission = task
-                    .spec
-                    .as_ref()
-                    .map_or(Admission::Queue, |s| scheduler::admit(st, s, place_now));
-                if let Admission::Waits(reason) = &admission {
-                    task.status.get_or_insert_with(Default::default).reason = reason.clone();
-                }
-                let id = task.id.clone();
-                st.insert_traced_task(task.clone(), trace_context, out);
-                let Admission::Place {
-                    node_id,
-                    node_name,
-                    slot,
-                } = admission
-                else {
-                    return Ok((task, None));
-                };
-                let placed = scheduler::place_new(st, &id, node_id, node_name, out);
-                let task = st.tasks.live(&id).map_or(task, |e| e.task.clone());
-                Ok((task, placed.map(|p| (p, slot))))
+                Ok(scheduler::admit_task(
+                    st,
+                    task,
+                    trace_context,
+                    place_now,
+                    out,
+                ))
             })
             .await?;
         match placed {

@@ -4,6 +4,8 @@
 //! leaves. Otherwise it joins the queue like any other, with the reason it
 //! waits when no node has room. Under heavy load new tasks are left to the
 //! scheduler, whose passes place many in one go.
+use std::collections::HashMap;
+
 use minkube::pb;
 use minkube_common::constraints::{self, Constraint};
 
@@ -36,6 +38,39 @@ pub enum Admission {
     /// The scheduler's to place: a waiting task may want the room first,
     /// or the node's stream is full.
     Queue,
+}
+
+/// Adds a new task (created under `trace_context`): PENDING, with the
+/// reason it waits when no node has room, or placed at once (only if
+/// `place_now`). Returns the task as it now stands and, when placed, the
+/// assignment to send through the held slot once the change is durable.
+pub fn admit_task(
+    st: &mut State,
+    mut task: pb::Task,
+    trace_context: HashMap<String, String>,
+    place_now: bool,
+    out: &mut Vec<Mutation>,
+) -> (pb::Task, Option<(Placement, StreamSlot)>) {
+    let admission = task
+        .spec
+        .as_ref()
+        .map_or(Admission::Queue, |s| admit(st, s, place_now));
+    if let Admission::Waits(reason) = &admission {
+        task.status.get_or_insert_with(Default::default).reason = reason.clone();
+    }
+    let id = task.id.clone();
+    st.insert_traced_task(task.clone(), trace_context, out);
+    let Admission::Place {
+        node_id,
+        node_name,
+        slot,
+    } = admission
+    else {
+        return (task, None);
+    };
+    let placed = place_new(st, &id, node_id, node_name, out);
+    let task = st.tasks.live(&id).map_or(task, |e| e.task.clone());
+    (task, placed.map(|p| (p, slot)))
 }
 
 /// Decides, before a task with `spec` is inserted, whether it is placed at
@@ -90,7 +125,7 @@ fn claimed(st: &State, node: &NodeEntry, free: u64) -> bool {
 
 /// Places the task just inserted with id `id` as [`admit`] decided: the
 /// assignment to send through the held slot once durable.
-pub fn place_new(
+fn place_new(
     st: &mut State,
     id: &str,
     node_id: String,
@@ -129,30 +164,28 @@ mod tests {
         n.labels.insert("zone".into(), zone.into());
     }
 
-    /// Creates a task as CreateTask does (admission, insertion, placement,
-    /// the assignment through the held slot): the node it went to at once.
+    /// Creates a task as CreateTask does (and sends its assignment through
+    /// the held slot): the node it went to at once.
     fn create(st: &mut State, id: &str, mb: u64, cs: &[&str]) -> Option<String> {
-        let spec = pb::TaskSpec {
-            memory_mb: mb,
-            constraints: cs.iter().map(|c| c.to_string()).collect(),
+        let task = pb::Task {
+            id: id.into(),
+            spec: Some(pb::TaskSpec {
+                memory_mb: mb,
+                constraints: cs.iter().map(|c| c.to_string()).collect(),
+                ..Default::default()
+            }),
+            status: Some(pb::TaskStatus {
+                state: TaskState::Pending as i32,
+                ..Default::default()
+            }),
             ..Default::default()
         };
-        let admission = admit(st, &spec, true);
-        let mut out = Vec::new();
-        constrained(st, id, mb, cs, &mut out);
-        let Admission::Place {
-            node_id,
-            node_name,
-            slot,
-        } = admission
-        else {
-            return None;
-        };
-        let p = place_new(st, id, node_id, node_name.clone(), &mut out).unwrap();
+        let (task, placed) = admit_task(st, task, HashMap::new(), true, &mut Vec::new());
+        let (p, slot) = placed?;
         slot.send(Ok(pb::ManagerMessage {
             msg: Some(Msg::Assignment(p.assignment)),
         }));
-        Some(node_name)
+        Some(task.status.unwrap().node_name)
     }
 
     fn state(st: &State, id: &str) -> TaskState {
