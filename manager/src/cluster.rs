@@ -128,7 +128,7 @@ impl Cluster {
         tracing::info!(
             elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             tasks = state.tasks.len(),
-            nodes = state.nodes.len(),
+            nodes = state.nodes().len(),
             waiting = state.unplaced.len(),
             "state loaded"
         );
@@ -262,7 +262,7 @@ impl Cluster {
     pub(crate) async fn send(&self, node_id: &str, msg: pb::manager_message::Msg) -> bool {
         let session = {
             let st = self.lock();
-            match st.nodes.get(node_id).and_then(|n| n.session.as_ref()) {
+            match st.nodes().get(node_id).and_then(|n| n.session.as_ref()) {
                 Some(s) => (s.id, s.tx.clone()),
                 None => return false,
             }
@@ -321,12 +321,12 @@ impl Cluster {
                 }
             }
             let mut nodes = [0u64; 4];
-            for n in st.nodes.values() {
+            for n in st.nodes().values() {
                 if let Some(c) = nodes.get_mut(n.node.state() as usize) {
                     *c += 1;
                 }
             }
-            let connected = st.nodes.values().filter(|n| n.session.is_some()).count();
+            let connected = st.nodes().values().filter(|n| n.session.is_some()).count();
             (tasks, nodes, connected)
         };
         for s in minkube::convert::TASK_STATES {
@@ -346,7 +346,7 @@ impl Cluster {
         self.shutdown.cancel();
         {
             let mut st = self.lock();
-            for n in st.nodes.values_mut() {
+            for n in st.nodes_mut().values_mut() {
                 if let Some(s) = n.session.take() {
                     s.cancel.cancel();
                 }

@@ -49,7 +49,7 @@ pub async fn open_session(
         // The session is bound to the node the certificate names.
         let named = cluster
             .lock()
-            .nodes
+            .nodes()
             .get(&node_id)
             .map(|n| n.node.name.clone());
         if named.as_ref() != Some(cert_name) {

@@ -43,23 +43,42 @@ pub fn pass(
     out: &mut Vec<Mutation>,
 ) -> Pass {
     let mut result = Pass::default();
-    let ids: Vec<String> = st.nodes.keys().cloned().collect();
-    for id in ids {
-        let Some(entry) = st.nodes.get_mut(&id) else {
+    // Looked at read-only: a node is changed (which moves the room epoch
+    // on) only when it goes down or is lost.
+    let due: Vec<String> = st
+        .nodes()
+        .values()
+        .filter_map(|e| {
+            let silent = now.saturating_duration_since(e.last_seen);
+            let ready = e.node.state() == NodeState::Ready;
+            let changes = if ready {
+                silent >= t.node_timeout
+            } else {
+                !e.node.lost && silent >= t.reconnect_grace
+            };
+            let deadline = match (ready, e.node.lost) {
+                (true, _) => Some(e.last_seen + t.node_timeout),
+                (false, false) => Some(e.last_seen + t.reconnect_grace),
+                (false, true) => None,
+            };
+            if !changes {
+                if let Some(d) = deadline {
+                    result.next = Some(result.next.map_or(d, |n| n.min(d)));
+                }
+            }
+            changes.then(|| e.node.id.clone())
+        })
+        .collect();
+    for id in due {
+        let Some(entry) = st.nodes_mut().get_mut(&id) else {
             continue;
         };
         let silent = now.saturating_duration_since(entry.last_seen);
         let deadline = if entry.node.state() == NodeState::Ready {
-            if silent >= t.node_timeout {
-                tracing::warn!(node_id = %id, name = %entry.node.name, ?silent, "no heartbeat: node is down");
-                entry.node.set_state(NodeState::Down);
-                Some(entry.last_seen + t.reconnect_grace)
-            } else {
-                Some(entry.last_seen + t.node_timeout)
-            }
-        } else if entry.node.lost {
-            None
-        } else if silent >= t.reconnect_grace {
+            tracing::warn!(node_id = %id, name = %entry.node.name, ?silent, "no heartbeat: node is down");
+            entry.node.set_state(NodeState::Down);
+            Some(entry.last_seen + t.reconnect_grace)
+        } else {
             tracing::warn!(node_id = %id, name = %entry.node.name, ?silent, "node lost: handling its tasks");
             entry.node.lost = true;
             let mut stored = entry.node.clone();
@@ -67,8 +86,6 @@ pub fn pass(
             out.push(Mutation::PutNode(Box::new(stored)));
             result.reschedule |= handle_lost_node(st, &id, retry, out);
             None
-        } else {
-            Some(entry.last_seen + t.reconnect_grace)
         };
         if let Some(d) = deadline {
             result.next = Some(result.next.map_or(d, |n| n.min(d)));
@@ -165,7 +182,7 @@ mod tests {
 
     fn setup(now: Instant) -> State {
         let mut st = State::default();
-        st.nodes.insert(
+        st.nodes_mut().insert(
             "n1".into(),
             NodeEntry {
                 node: pb::Node {
@@ -205,7 +222,7 @@ mod tests {
             &retry(),
             &mut out,
         );
-        assert_eq!(st.nodes["n1"].node.state(), NodeState::Ready);
+        assert_eq!(st.nodes()["n1"].node.state(), NodeState::Ready);
         assert_eq!(p.next, Some(start + T.node_timeout));
 
         let p = pass(
@@ -215,7 +232,7 @@ mod tests {
             &retry(),
             &mut out,
         );
-        assert_eq!(st.nodes["n1"].node.state(), NodeState::Down);
+        assert_eq!(st.nodes()["n1"].node.state(), NodeState::Down);
         assert_eq!(p.next, Some(start + T.reconnect_grace));
         assert_eq!(
             st.tasks.get("always").unwrap().state(),
@@ -231,7 +248,7 @@ mod tests {
             &mut out,
         );
         assert!(p.reschedule);
-        assert!(st.nodes["n1"].node.lost);
+        assert!(st.nodes()["n1"].node.lost);
         let always = &st.tasks.get("always").unwrap();
         assert_eq!(always.state(), TaskState::Scheduled);
         assert_eq!(always.status().attempt, 2);

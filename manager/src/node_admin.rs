@@ -66,7 +66,7 @@ impl Cluster {
                     .find_node(&req.node)
                     .map(|n| n.node.id.clone())
                     .ok_or_else(|| ManagerError::NodeNotFound(req.node.clone()))?;
-                let Some(entry) = st.nodes.get_mut(&id) else {
+                let Some(entry) = st.nodes_mut().get_mut(&id) else {
                     return Err(ManagerError::NodeNotFound(req.node.clone()));
                 };
                 let n = &mut entry.node;
@@ -120,7 +120,7 @@ impl Cluster {
                     st.put_task(&task_id, out);
                 }
                 let view = st
-                    .nodes
+                    .nodes()
                     .get(&id)
                     .map(|e| st.node_view(e))
                     .ok_or_else(|| ManagerError::NodeNotFound(req.node.clone()))?;

@@ -64,7 +64,7 @@ impl Cluster {
         let id = self
             .write(|st, out| {
                 let by_name = st
-                    .nodes
+                    .nodes()
                     .values()
                     .find(|n| n.node.name == req.name)
                     .map(|n| (n.node.id.clone(), n.session.is_some()));
@@ -86,16 +86,19 @@ impl Cluster {
                     (None, true) => uuid::Uuid::new_v4().to_string(),
                 };
                 let ts = now();
-                let entry = st.nodes.entry(id.clone()).or_insert_with(|| NodeEntry {
-                    node: pb::Node {
-                        id: id.clone(),
-                        state: NodeState::Disconnected as i32,
-                        registered_at: Some(ts),
-                        ..Default::default()
-                    },
-                    session: None,
-                    last_seen: tokio::time::Instant::now(),
-                });
+                let entry = st
+                    .nodes_mut()
+                    .entry(id.clone())
+                    .or_insert_with(|| NodeEntry {
+                        node: pb::Node {
+                            id: id.clone(),
+                            state: NodeState::Disconnected as i32,
+                            registered_at: Some(ts),
+                            ..Default::default()
+                        },
+                        session: None,
+                        last_seen: tokio::time::Instant::now(),
+                    });
                 let n = &mut entry.node;
                 let renamed = n.name != req.name;
                 n.name = req.name.clone();
@@ -126,7 +129,7 @@ impl Cluster {
         tx: tokio::sync::mpsc::Sender<Result<pb::ManagerMessage, tonic::Status>>,
     ) -> Result<Session, ManagerError> {
         let mut st = self.lock();
-        let entry = st.nodes.get_mut(node_id).ok_or_else(|| {
+        let entry = st.nodes_mut().get_mut(node_id).ok_or_else(|| {
             ManagerError::Protocol(format!(
                 "node {node_id} is not registered: call Register before Connect"
             ))
@@ -153,7 +156,7 @@ impl Cluster {
     /// Ends a session if it is still the node's current one.
     pub(crate) fn detach_session(&self, node_id: &str, session_id: u64) {
         let mut st = self.lock();
-        if let Some(entry) = st.nodes.get_mut(node_id) {
+        if let Some(entry) = st.nodes_mut().get_mut(node_id) {
             if entry.session.as_ref().is_some_and(|s| s.id == session_id) {
                 if let Some(s) = entry.session.take() {
                     s.cancel.cancel();
@@ -174,15 +177,13 @@ impl Cluster {
     /// now ([`Cluster::resend_desired`]); a new session does that anyway.
     pub(crate) fn heartbeat(&self, node_id: &str, stats: Option<pb::HostStats>) -> bool {
         let mut st = self.lock();
-        let Some(e) = st.nodes.get_mut(node_id) else {
+        let Some(e) = st.note_alive(node_id, stats.map(sanitized)) else {
             return false;
         };
-        e.last_seen = tokio::time::Instant::now();
-        e.node.last_heartbeat = Some(now());
-        if let Some(s) = stats {
-            e.node.stats = Some(sanitized(s));
-        }
         if e.node.state() == NodeState::Down && e.session.is_some() {
+            let Some(e) = st.nodes_mut().get_mut(node_id) else {
+                return false;
+            };
             let was_lost = e.node.lost;
             tracing::info!(node_id, was_lost, "node is heard from again: ready");
             e.node.set_state(NodeState::Ready);
@@ -198,7 +199,7 @@ impl Cluster {
     pub fn list_nodes(&self, page_size: u32, page_token: &str) -> pb::ListNodesResponse {
         let size = paging::page_size(page_size);
         let st = self.lock();
-        let mut all: Vec<&NodeEntry> = st.nodes.values().collect();
+        let mut all: Vec<&NodeEntry> = st.nodes().values().collect();
         all.sort_by(|a, b| a.node.name.cmp(&b.node.name));
         let total = all.len();
         let mut page: Vec<pb::Node> = all

@@ -19,7 +19,7 @@ mod admit;
 pub mod queue;
 pub mod refusals;
 
-pub use admit::{admit, admit_task, Admission, StreamSlot};
+pub use admit::{admit, admit_task, Admission, RefusedAtCreation, StreamSlot};
 
 use queue::Fresh;
 use refusals::Refusals;
@@ -48,7 +48,11 @@ pub struct NodeRing {
 }
 
 impl NodeRing {
-    fn refresh(&mut self, nodes: &HashMap<String, crate::state::NodeEntry>, renames: u64) {
+    pub(crate) fn refresh(
+        &mut self,
+        nodes: &HashMap<String, crate::state::NodeEntry>,
+        renames: u64,
+    ) {
         let key = (nodes.len(), renames);
         if self.built_for == Some(key) {
             return;
@@ -75,7 +79,7 @@ fn takes_tasks(n: &crate::state::NodeEntry) -> bool {
 
 /// Memory a node can still give, if it takes tasks and meets `constraints`.
 fn free_mb(st: &State, id: &str, constraints: &[Constraint]) -> Option<u64> {
-    let n = st.nodes.get(id)?;
+    let n = st.nodes().get(id)?;
     if !takes_tasks(n)
         || !constraints
             .iter()
@@ -90,7 +94,7 @@ fn free_mb(st: &State, id: &str, constraints: &[Constraint]) -> Option<u64> {
 /// The most memory any node that takes tasks has in all: a task asking
 /// more waits without a walk over every node to find that out.
 fn largest_capacity(st: &State) -> u64 {
-    st.nodes
+    st.nodes()
         .values()
         .filter(|n| takes_tasks(n))
         .filter_map(|n| n.node.capacity.as_ref().map(|c| c.memory_mb))
@@ -142,7 +146,7 @@ pub struct Placement {
 /// runs only for tasks that found none.
 fn unplaceable_reason(st: &State, need_mb: u64, constraints: &[Constraint]) -> String {
     let held_back = st
-        .nodes
+        .nodes()
         .values()
         .filter(|n| n.node.state() == NodeState::Ready && n.session.is_some() && !takes_tasks(n))
         .count();
@@ -156,7 +160,7 @@ fn unplaceable_reason(st: &State, need_mb: u64, constraints: &[Constraint]) -> S
     }
     let wanted = constraints::describe(constraints);
     let meeting = st
-        .nodes
+        .nodes()
         .keys()
         .any(|id| free_mb(st, id, constraints).is_some());
     if meeting {
@@ -194,8 +198,7 @@ pub fn schedule(st: &mut State, now: SystemTime, out: &mut Vec<Mutation>) -> Pas
     if st.unplaced.is_empty() {
         return pass; // nothing waits (a kick after a task ended, say)
     }
-    let renames = st.node_renames;
-    st.ring.refresh(&st.nodes, renames);
+    st.refresh_ring();
     let mut refusals = Refusals::default();
     // With no room for even the smallest task, nothing in the queue can be
     // placed: only the new tasks need a look (for their reason). Whatever

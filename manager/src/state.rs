@@ -115,8 +115,11 @@ pub struct State {
     /// Tasks by id; ids are UUIDv7, so this is creation order. Finished
     /// tasks are kept compact, without their events (see [`TaskTable`]).
     pub tasks: TaskTable,
-    /// Nodes by id.
-    pub nodes: HashMap<String, NodeEntry>,
+    /// Nodes by id. Changed only through [`State::nodes_mut`] (or
+    /// [`State::note_alive`]), which keeps [`State::room_epoch`] right.
+    nodes: HashMap<String, NodeEntry>,
+    /// See [`State::room_epoch`].
+    room_epoch: u64,
     /// Tasks waiting for a node, creation order: the scheduler's queue.
     /// PENDING tasks, and SCHEDULED ones whose next attempt is not placed
     /// yet (retries, restarts, tasks of a lost node).
@@ -125,6 +128,8 @@ pub struct State {
     /// last scheduling pass over the whole queue left them: a pass skips
     /// those that already say what it would (see [`crate::scheduler`]).
     pub wait_reasons: WaitReasons,
+    /// What admission learned of new tasks no node had room for.
+    pub refused_at_creation: crate::scheduler::RefusedAtCreation,
     /// Tasks queued since the last scheduling pass. When no node has room
     /// for even the smallest task, a pass looks only at these (to give them
     /// their "why pending" reason) instead of walking the whole queue.
@@ -169,6 +174,44 @@ impl Reservation {
 }
 
 impl State {
+    /// Nodes by id.
+    pub fn nodes(&self) -> &HashMap<String, NodeEntry> {
+        &self.nodes
+    }
+
+    /// Brings the scheduler's ring of node names up to date.
+    pub fn refresh_ring(&mut self) {
+        self.ring.refresh(&self.nodes, self.node_renames);
+    }
+
+    /// Nodes by id, to change. Anything about a node may change where tasks
+    /// fit, or why they wait: the room epoch moves on.
+    pub fn nodes_mut(&mut self) -> &mut HashMap<String, NodeEntry> {
+        self.room_epoch = self.room_epoch.wrapping_add(1);
+        &mut self.nodes
+    }
+
+    /// Notes a sign of life from a node: when it was last heard from and,
+    /// with a heartbeat, its host statistics (sanitized by the caller).
+    /// Nothing placement depends on changes.
+    pub fn note_alive(&mut self, id: &str, stats: Option<pb::HostStats>) -> Option<&NodeEntry> {
+        let e = self.nodes.get_mut(id)?;
+        e.last_seen = tokio::time::Instant::now();
+        e.node.last_heartbeat = Some(now());
+        if let Some(s) = stats {
+            e.node.stats = Some(s);
+        }
+        Some(e)
+    }
+
+    /// Moves on whenever a node may have more room than before (a task
+    /// released its reservation, a node changed): while it stands still,
+    /// room only shrinks (placements), so a task size found to fit nowhere
+    /// still fits nowhere, and the reason given for it still holds.
+    pub fn room_epoch(&self) -> u64 {
+        self.room_epoch
+    }
+
     /// Rebuilds nodes and tokens from the store (tasks follow through
     /// [`State::load_task`]). Nodes start disconnected: no stream survives
     /// a manager restart.
@@ -247,6 +290,7 @@ impl State {
             ids.insert(r.id);
         } else {
             ids.remove(&r.id);
+            self.room_epoch = self.room_epoch.wrapping_add(1);
         }
         let u = self.usage.entry(node).or_default();
         if sign > 0 {

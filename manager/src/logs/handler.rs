@@ -83,7 +83,7 @@ impl Cluster {
             if status.node_id.is_empty() || status.container_id.is_empty() {
                 return Err(ManagerError::NoContainer(req.task_id.clone()));
             }
-            let node = st.nodes.get(&status.node_id);
+            let node = st.nodes().get(&status.node_id);
             let name = node.map_or(status.node_id.as_str(), |n| n.node.name.as_str());
             match node.and_then(|n| n.session.as_ref()) {
                 Some(s) => (status.node_id.clone(), s.id, status.attempt),

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use minkube::pb;
 use minkube_common::constraints::{self, Constraint};
 
+use super::refusals::Refusals;
 use super::{free_mb, next_with_room, place, unplaceable_reason, Placement};
 use crate::state::{NodeEntry, State};
 use crate::store::Mutation;
@@ -76,17 +77,67 @@ pub fn admit_task(
 /// Decides, before a task with `spec` is inserted, whether it is placed at
 /// once (only if `place_now`), waits (and why), or goes to the scheduler.
 pub fn admit(st: &mut State, spec: &pb::TaskSpec, place_now: bool) -> Admission {
-    let renames = st.node_renames;
-    st.ring.refresh(&st.nodes, renames);
+    let mut memo = std::mem::take(&mut st.refused_at_creation);
+    if memo.epoch != st.room_epoch() || memo.reasons >= MAX_REMEMBERED {
+        memo = RefusedAtCreation {
+            epoch: st.room_epoch(),
+            ..RefusedAtCreation::default()
+        };
+    }
+    let admission = decide(st, spec, place_now, &mut memo);
+    st.refused_at_creation = memo;
+    admission
+}
+
+/// Reasons worked out for new tasks that are remembered at most, until the
+/// room epoch moves on.
+const MAX_REMEMBERED: usize = 1024;
+
+/// What admission learned of tasks no node had room for, while no room was
+/// freed and no node changed ([`State::room_epoch`]): room only shrank
+/// since, so such tasks still fit nowhere, for the same reason. In a full
+/// cluster a new task is then told why it waits without a look at every
+/// node.
+#[derive(Debug, Default)]
+pub struct RefusedAtCreation {
+    epoch: u64,
+    refusals: Refusals,
+    reasons: usize,
+}
+
+fn decide(
+    st: &mut State,
+    spec: &pb::TaskSpec,
+    place_now: bool,
+    memo: &mut RefusedAtCreation,
+) -> Admission {
+    let need = spec.memory_mb;
     // Checked by validation before this: a spec's constraints parse.
     let parsed = constraints::parse_all(&spec.constraints).unwrap_or_default();
-    let Some((node_name, node_id)) = next_with_room(st, spec.memory_mb, &parsed) else {
-        return Admission::Waits(unplaceable_reason(st, spec.memory_mb, &parsed));
-    };
+    if !memo.refusals.refuses(need, &spec.constraints) {
+        st.refresh_ring();
+        if let Some((node_name, node_id)) = next_with_room(st, need, &parsed) {
+            return place_or_queue(st, node_id, node_name, place_now);
+        }
+        memo.refusals.note(need, &spec.constraints);
+    }
+    let mut worked_out = false;
+    let reason = memo.refusals.reason(need, &spec.constraints, || {
+        worked_out = true;
+        unplaceable_reason(st, need, &parsed)
+    });
+    let reason = reason.to_string();
+    memo.reasons += usize::from(worked_out);
+    Admission::Waits(reason)
+}
+
+/// For a new task that `node_id` has room for: placed there, unless that
+/// is not to be done now or could take the room from a waiting task.
+fn place_or_queue(st: &State, node_id: &str, node_name: &str, place_now: bool) -> Admission {
     if !place_now {
         return Admission::Queue;
     }
-    let Some(node) = st.nodes.get(node_id) else {
+    let Some(node) = st.nodes().get(node_id) else {
         return Admission::Queue;
     };
     let free = free_mb(st, node_id, &[]).unwrap_or(0);
@@ -101,8 +152,8 @@ pub fn admit(st: &mut State, spec: &pb::TaskSpec, place_now: bool) -> Admission 
         return Admission::Queue;
     };
     Admission::Place {
-        node_id: node_id.clone(),
-        node_name: node_name.clone(),
+        node_id: node_id.to_string(),
+        node_name: node_name.to_string(),
         slot,
     }
 }
@@ -160,7 +211,7 @@ mod tests {
     }
 
     fn label(st: &mut State, name: &str, zone: &str) {
-        let n = &mut st.nodes.get_mut(&format!("id-{name}")).unwrap().node;
+        let n = &mut st.nodes_mut().get_mut(&format!("id-{name}")).unwrap().node;
         n.labels.insert("zone".into(), zone.into());
     }
 
@@ -257,6 +308,56 @@ mod tests {
         assert_eq!(create(&mut st, "small", 10, &[]).as_deref(), Some("a"));
         pending(&mut st, "one-more-kind", 2000, &mut out);
         assert_eq!(create(&mut st, "small2", 10, &[]), None);
+    }
+
+    /// Why a new task would wait (None: it would not).
+    fn waits(st: &mut State, mb: u64, cs: &[&str]) -> Option<String> {
+        let spec = pb::TaskSpec {
+            memory_mb: mb,
+            constraints: cs.iter().map(|c| c.to_string()).collect(),
+            ..Default::default()
+        };
+        match admit(st, &spec, true) {
+            Admission::Waits(reason) => Some(reason),
+            Admission::Place { .. } | Admission::Queue => None,
+        }
+    }
+
+    #[test]
+    fn a_reason_remembered_in_a_full_cluster_is_dropped_once_room_is_freed() {
+        let mut st = State::default();
+        let _rx = node(&mut st, "a", 100, 8);
+        assert_eq!(create(&mut st, "t1", 60, &[]).as_deref(), Some("a"));
+        let full = Some("no ready node with 60 MB free".to_string());
+        assert_eq!(waits(&mut st, 60, &[]), full);
+        assert_eq!(
+            waits(&mut st, 70, &[]).unwrap(),
+            "no ready node with 70 MB free"
+        );
+        assert_eq!(create(&mut st, "t2", 30, &[]).as_deref(), Some("a"));
+        assert_eq!(waits(&mut st, 60, &[]), full, "less room still refuses");
+        let mut out = Vec::new();
+        for to in [TaskState::Running, TaskState::Completed] {
+            st.transition("t1", to, "", |_| {}, &mut out).unwrap();
+        }
+        assert_eq!(waits(&mut st, 60, &[]), None, "t1 freed its 60 MB");
+    }
+
+    #[test]
+    fn a_reason_remembered_in_a_full_cluster_is_dropped_when_a_node_changes() {
+        let mut st = State::default();
+        let _rx = node(&mut st, "a", 100, 8);
+        let nowhere = Some("no ready node meets node.label.zone==y".to_string());
+        assert_eq!(waits(&mut st, 10, &["node.label.zone==y"]), nowhere);
+        assert_eq!(waits(&mut st, 10, &["node.label.zone==y"]), nowhere);
+        label(&mut st, "a", "y");
+        assert_eq!(waits(&mut st, 10, &["node.label.zone==y"]), None);
+        assert_eq!(
+            waits(&mut st, 200, &[]).unwrap(),
+            "no ready node with 200 MB free"
+        );
+        let _rx_b = node(&mut st, "b", 300, 8);
+        assert_eq!(waits(&mut st, 200, &[]), None, "b joined");
     }
 
     #[test]

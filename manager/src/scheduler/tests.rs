@@ -7,8 +7,7 @@ fn ring_of(nodes: &[(&str, u64)]) -> State {
     for (name, mb) in nodes {
         ready_node(&mut st, name, *mb);
     }
-    let renames = st.node_renames;
-    st.ring.refresh(&st.nodes, renames);
+    st.refresh_ring();
     st
 }
 
@@ -39,7 +38,7 @@ fn skips_nodes_without_memory_or_session_and_handles_vanished_cursor() {
     st.rr_cursor = Some("z".into());
     assert_eq!(picked(&st, 10).as_deref(), Some("a"));
     assert_eq!(picked(&st, 1000), None);
-    st.nodes.get_mut("id-a").unwrap().session = None;
+    st.nodes_mut().get_mut("id-a").unwrap().session = None;
     assert_eq!(picked(&st, 10).as_deref(), Some("c"));
     assert_eq!(picked(&State::default(), 1), None);
 }
@@ -56,7 +55,7 @@ pub(super) fn connected_node(
     mb: u64,
     tx: tokio::sync::mpsc::Sender<Result<pb::ManagerMessage, tonic::Status>>,
 ) {
-    st.nodes.insert(
+    st.nodes_mut().insert(
         format!("id-{name}"),
         NodeEntry {
             node: pb::Node {
@@ -224,7 +223,7 @@ fn cordoned_and_drained_nodes_take_no_new_tasks() {
     let mut out = Vec::new();
     ready_node(&mut st, "a", 100);
     ready_node(&mut st, "b", 100);
-    st.nodes
+    st.nodes_mut()
         .get_mut("id-a")
         .unwrap()
         .node
@@ -236,7 +235,7 @@ fn cordoned_and_drained_nodes_take_no_new_tasks() {
     for i in 0..3 {
         assert_eq!(placed_on(&st, &format!("t{i}")), "b");
     }
-    st.nodes
+    st.nodes_mut()
         .get_mut("id-b")
         .unwrap()
         .node
@@ -247,7 +246,7 @@ fn cordoned_and_drained_nodes_take_no_new_tasks() {
         st.tasks.get("t3").unwrap().status().reason,
         "no ready node with 10 MB free (2 ready nodes are cordoned or drained)"
     );
-    st.nodes
+    st.nodes_mut()
         .get_mut("id-a")
         .unwrap()
         .node
@@ -262,7 +261,7 @@ fn constraints_pick_matching_nodes_and_say_why_none_does() {
     let mut out = Vec::new();
     for (name, zone) in [("a", "x"), ("b", "y"), ("c", "y")] {
         ready_node(&mut st, name, 100);
-        let n = &mut st.nodes.get_mut(&format!("id-{name}")).unwrap().node;
+        let n = &mut st.nodes_mut().get_mut(&format!("id-{name}")).unwrap().node;
         n.labels.insert("zone".into(), zone.into());
     }
     for i in 0..4 {
@@ -297,7 +296,7 @@ fn constraints_pick_matching_nodes_and_say_why_none_does() {
     );
     // (ids are queued in order: not-b went first, to c.)
     // A label appears: the waiting task is placed by the next pass.
-    let n = &mut st.nodes.get_mut("id-a").unwrap().node;
+    let n = &mut st.nodes_mut().get_mut("id-a").unwrap().node;
     n.labels.insert("zone".into(), "z".into());
     schedule(&mut st, SystemTime::now(), &mut out);
     assert_eq!(placed_on(&st, "nowhere"), "a");
@@ -313,7 +312,7 @@ fn status_of<'a>(st: &'a mut State, id: &str) -> &'a mut pb::TaskStatus {
 
 fn set_availability(st: &mut State, names: &[&str], a: NodeAvailability) {
     for n in names {
-        st.nodes
+        st.nodes_mut()
             .get_mut(&format!("id-{n}"))
             .unwrap()
             .node
