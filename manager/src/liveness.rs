@@ -49,24 +49,19 @@ pub fn pass(
         .nodes()
         .values()
         .filter_map(|e| {
-            let silent = now.saturating_duration_since(e.last_seen);
-            let ready = e.node.state() == NodeState::Ready;
-            let changes = if ready {
-                silent >= t.node_timeout
-            } else {
-                !e.node.lost && silent >= t.reconnect_grace
+            // A READY node goes down after the node timeout, a down one is
+            // lost after the reconnect grace; a lost one waits for nothing.
+            let limit = match (e.node.state() == NodeState::Ready, e.node.lost) {
+                (true, _) => t.node_timeout,
+                (false, false) => t.reconnect_grace,
+                (false, true) => return None,
             };
-            let deadline = match (ready, e.node.lost) {
-                (true, _) => Some(e.last_seen + t.node_timeout),
-                (false, false) => Some(e.last_seen + t.reconnect_grace),
-                (false, true) => None,
-            };
-            if !changes {
-                if let Some(d) = deadline {
-                    result.next = Some(result.next.map_or(d, |n| n.min(d)));
-                }
+            if now.saturating_duration_since(e.last_seen) >= limit {
+                return Some(e.node.id.clone());
             }
-            changes.then(|| e.node.id.clone())
+            let d = e.last_seen + limit;
+            result.next = Some(result.next.map_or(d, |n| n.min(d)));
+            None
         })
         .collect();
     for id in due {

@@ -56,22 +56,25 @@ pub fn admit_task(
         .spec
         .as_ref()
         .map_or(Admission::Queue, |s| admit(st, s, place_now));
-    if let Admission::Waits(reason) = &admission {
-        task.status.get_or_insert_with(Default::default).reason = reason.clone();
+    let mut target = None;
+    match admission {
+        Admission::Place {
+            node_id,
+            node_name,
+            slot,
+        } => target = Some((node_id, node_name, slot)),
+        Admission::Waits(reason) => {
+            task.status.get_or_insert_with(Default::default).reason = reason;
+        }
+        Admission::Queue => {}
     }
-    let id = task.id.clone();
     st.insert_traced_task(task.clone(), trace_context, out);
-    let Admission::Place {
-        node_id,
-        node_name,
-        slot,
-    } = admission
-    else {
+    let Some((node_id, node_name, slot)) = target else {
         return (task, None);
     };
-    let placed = place_new(st, &id, node_id, node_name, out);
-    let task = st.tasks.live(&id).map_or(task, |e| e.task.clone());
-    (task, placed.map(|p| (p, slot)))
+    let placed = place_new(st, &task.id, node_id, node_name, out);
+    let now = st.tasks.live(&task.id).map(|e| e.task.clone());
+    (now.unwrap_or(task), placed.map(|p| (p, slot)))
 }
 
 /// Decides, before a task with `spec` is inserted, whether it is placed at
@@ -200,7 +203,7 @@ mod tests {
 
     use super::*;
     use crate::scheduler::schedule;
-    use crate::scheduler::tests::{connected_node, constrained, pending};
+    use crate::scheduler::tests::{connected_node, constrained, new_task, pending};
 
     type Rx = mpsc::Receiver<Result<pb::ManagerMessage, tonic::Status>>;
 
@@ -218,19 +221,7 @@ mod tests {
     /// Creates a task as CreateTask does (and sends its assignment through
     /// the held slot): the node it went to at once.
     fn create(st: &mut State, id: &str, mb: u64, cs: &[&str]) -> Option<String> {
-        let task = pb::Task {
-            id: id.into(),
-            spec: Some(pb::TaskSpec {
-                memory_mb: mb,
-                constraints: cs.iter().map(|c| c.to_string()).collect(),
-                ..Default::default()
-            }),
-            status: Some(pb::TaskStatus {
-                state: TaskState::Pending as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let task = new_task(id, mb, cs);
         let (task, placed) = admit_task(st, task, HashMap::new(), true, &mut Vec::new());
         let (p, slot) = placed?;
         slot.send(Ok(pb::ManagerMessage {

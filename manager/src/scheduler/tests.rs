@@ -83,22 +83,24 @@ pub(super) fn pending(st: &mut State, id: &str, mb: u64, out: &mut Vec<Mutation>
 }
 
 pub(super) fn constrained(st: &mut State, id: &str, mb: u64, cs: &[&str], out: &mut Vec<Mutation>) {
-    st.insert_task(
-        pb::Task {
-            id: id.into(),
-            spec: Some(pb::TaskSpec {
-                memory_mb: mb,
-                constraints: cs.iter().map(|c| c.to_string()).collect(),
-                ..Default::default()
-            }),
-            status: Some(pb::TaskStatus {
-                state: TaskState::Pending as i32,
-                ..Default::default()
-            }),
+    st.insert_task(new_task(id, mb, cs), out);
+}
+
+/// A new PENDING task of `mb` with constraints `cs`.
+pub(super) fn new_task(id: &str, mb: u64, cs: &[&str]) -> pb::Task {
+    pb::Task {
+        id: id.into(),
+        spec: Some(pb::TaskSpec {
+            memory_mb: mb,
+            constraints: cs.iter().map(|c| c.to_string()).collect(),
             ..Default::default()
-        },
-        out,
-    );
+        }),
+        status: Some(pb::TaskStatus {
+            state: TaskState::Pending as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 #[test]
