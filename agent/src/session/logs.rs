@@ -162,6 +162,16 @@ async fn read(
         let _ = tx.send(answer(id, Vec::new(), false, error)).await;
         return;
     };
+    // The first answer says the request was taken: a follow of a quiet
+    // container may send nothing else for a long time, and the manager ends a
+    // request that goes unanswered.
+    if tx
+        .send(answer(id, Vec::new(), false, String::new()))
+        .await
+        .is_err()
+    {
+        return;
+    }
     let options = LogOptions {
         follow: req.follow,
         tail: req.tail,
@@ -246,6 +256,16 @@ mod tests {
         }
     }
 
+    /// The answer that says a request was taken: no chunks, no end, no error.
+    async fn taken(rx: &mut mpsc::Receiver<pb::AgentMessage>, request_id: u64) {
+        let d = data(rx.recv().await.unwrap());
+        assert_eq!(d.request_id, request_id);
+        assert!(
+            d.chunks.is_empty() && !d.end && d.error.is_empty(),
+            "first answer: {d:?}"
+        );
+    }
+
     #[tokio::test]
     async fn both_streams_are_sent_marked_then_the_end() {
         let rt = FakeRuntime::new();
@@ -253,6 +273,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(8);
         let mut readers = LogReaders::new(Arc::new(rt), "n1", tx);
         readers.start(request(7, 0));
+        taken(&mut rx, 7).await;
         let d = data(rx.recv().await.unwrap());
         assert_eq!(d.request_id, 7);
         assert!(d.end && d.error.is_empty(), "{d:?}");
@@ -263,6 +284,7 @@ mod tests {
         readers.reap().await;
         assert_eq!(readers.len(), 0);
         readers.start(request(8, 1));
+        taken(&mut rx, 8).await;
         let d = data(rx.recv().await.unwrap());
         assert_eq!(d.chunks.len(), 1, "tail 1");
         assert_eq!(d.chunks[0].stream(), pb::LogStream::Stderr);

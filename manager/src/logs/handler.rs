@@ -1,15 +1,17 @@
 //! The `TaskLogs` call: checks, the request down the agent stream, and the
 //! client's end of the route.
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use minkube::pb::{self, manager_message::Msg};
+use tokio::time::Sleep;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::Status;
 
-use super::Item;
+use super::{Item, FIRST_ANSWER_TIMEOUT};
 use crate::cluster::Cluster;
 use crate::error::ManagerError;
 
@@ -18,6 +20,11 @@ use crate::error::ManagerError;
 pub struct TaskLogStream {
     rx: ReceiverStream<Item>,
     pending: std::vec::IntoIter<pb::LogChunk>,
+    /// Until the node's first answer: when it must have come.
+    first_answer: Option<Pin<Box<Sleep>>>,
+    /// Name of the node, for the error of a request it left unanswered.
+    node_name: String,
+    ended: bool,
     guard: RouteGuard,
 }
 
@@ -50,11 +57,19 @@ impl Stream for TaskLogStream {
             if let Some(chunk) = self.pending.next() {
                 return Poll::Ready(Some(Ok(pb::TaskLogsResponse { chunk: Some(chunk) })));
             }
+            if self.ended {
+                return Poll::Ready(None);
+            }
             match Pin::new(&mut self.rx).poll_next(cx) {
-                Poll::Ready(Some(Ok(chunks))) => self.pending = chunks.into_iter(),
-                Poll::Ready(Some(Err(status))) => return Poll::Ready(Some(Err(status))),
+                Poll::Ready(Some(item)) => {
+                    self.first_answer = None;
+                    match item {
+                        Ok(chunks) => self.pending = chunks.into_iter(),
+                        Err(status) => return Poll::Ready(Some(Err(status))),
+                    }
+                }
                 Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => return self.poll_first_answer(cx),
             }
         }
     }
@@ -65,6 +80,28 @@ impl TaskLogStream {
     pub fn request_id(&self) -> u64 {
         self.guard.request_id
     }
+
+    /// Nothing queued: ends the stream if the node let the time for its first
+    /// answer pass (its agent or Docker is stuck, or it lost the request).
+    /// The route's guard tells the agent to stop when the stream is dropped.
+    fn poll_first_answer(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<pb::TaskLogsResponse, Status>>> {
+        let Some(deadline) = self.first_answer.as_mut() else {
+            return Poll::Pending;
+        };
+        if deadline.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.first_answer = None;
+        self.ended = true;
+        Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
+            "node {} did not answer the log request within {} s: its agent or Docker may be stuck; check `minkube nodes` and the agent's log, then try again",
+            self.node_name,
+            FIRST_ANSWER_TIMEOUT.as_secs()
+        )))))
+    }
 }
 
 impl Cluster {
@@ -73,7 +110,7 @@ impl Cluster {
         self: &Arc<Self>,
         req: pb::TaskLogsRequest,
     ) -> Result<TaskLogStream, ManagerError> {
-        let (node_id, session, attempt) = {
+        let (node_id, node_name, session, attempt) = {
             let st = self.lock();
             let task = st
                 .tasks
@@ -86,7 +123,12 @@ impl Cluster {
             let node = st.nodes().get(&status.node_id);
             let name = node.map_or(status.node_id.as_str(), |n| n.node.name.as_str());
             match node.and_then(|n| n.session.as_ref()) {
-                Some(s) => (status.node_id.clone(), s.id, status.attempt),
+                Some(s) => (
+                    status.node_id.clone(),
+                    name.to_string(),
+                    s.id,
+                    status.attempt,
+                ),
                 None => {
                     return Err(ManagerError::NodeOffline {
                         node: name.to_string(),
@@ -99,6 +141,9 @@ impl Cluster {
         let stream = TaskLogStream {
             rx: ReceiverStream::new(rx),
             pending: Vec::new().into_iter(),
+            first_answer: Some(Box::pin(tokio::time::sleep(FIRST_ANSWER_TIMEOUT))),
+            node_name,
+            ended: false,
             guard: RouteGuard {
                 cluster: Arc::clone(self),
                 node_id: node_id.clone(),
@@ -244,6 +289,70 @@ mod tests {
             other => panic!("expected a LogsCancel, got {other:?}"),
         }
         assert_eq!(c.logs.open_on(&node_id), 0);
+        c.shutdown(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test]
+    async fn a_node_that_never_answers_ends_the_stream_and_is_told_to_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, node_id, task_id, mut rx) = running_task(dir.path()).await;
+        tokio::time::pause();
+        let mut stream = c.task_logs(request(&task_id)).await.unwrap();
+        let id = stream.request_id();
+        let manager_message::Msg::LogsRequest(_) = next_down(&mut rx).await else {
+            panic!("expected a LogsRequest");
+        };
+        let asked = tokio::time::Instant::now();
+        let status = stream.next().await.unwrap().unwrap_err();
+        assert!(asked.elapsed() >= FIRST_ANSWER_TIMEOUT);
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert!(
+            status.message().contains("node a did not answer"),
+            "{status:?}"
+        );
+        assert!(stream.next().await.is_none(), "the stream ends after it");
+        drop(stream);
+        match next_down(&mut rx).await {
+            manager_message::Msg::LogsCancel(x) => assert_eq!(x.request_id, id),
+            other => panic!("expected a LogsCancel, got {other:?}"),
+        }
+        assert_eq!(c.logs.open_on(&node_id), 0);
+        tokio::time::resume();
+        c.shutdown(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test]
+    async fn a_request_the_node_took_stays_open_while_the_container_is_quiet() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, node_id, task_id, mut rx) = running_task(dir.path()).await;
+        tokio::time::pause();
+        let mut stream = c.task_logs(request(&task_id)).await.unwrap();
+        let manager_message::Msg::LogsRequest(ask) = next_down(&mut rx).await else {
+            panic!("expected a LogsRequest");
+        };
+        // The agent's first answer: it took the request.
+        let taken = pb::LogsData {
+            request_id: ask.request_id,
+            ..Default::default()
+        };
+        assert!(!c.logs.deliver(&node_id, taken));
+        let quiet = tokio::time::timeout(FIRST_ANSWER_TIMEOUT * 4, stream.next()).await;
+        assert!(quiet.is_err(), "a quiet follow stays open: {quiet:?}");
+        let output = pb::LogsData {
+            request_id: ask.request_id,
+            chunks: vec![pb::LogChunk {
+                stream: pb::LogStream::Stdout as i32,
+                data: b"late\n".to_vec(),
+                timestamp: None,
+            }],
+            end: true,
+            error: String::new(),
+        };
+        assert!(!c.logs.deliver(&node_id, output));
+        let chunk = stream.next().await.unwrap().unwrap().chunk.unwrap();
+        assert_eq!(chunk.data, b"late\n");
+        assert!(stream.next().await.is_none());
+        tokio::time::resume();
         c.shutdown(Duration::from_secs(1)).await;
     }
 

@@ -21,6 +21,9 @@ pub use handler::TaskLogStream;
 pub const CLIENT_BUFFER: usize = 32;
 /// Log streams one node serves at once.
 pub const MAX_STREAMS_PER_NODE: usize = 32;
+/// How long a node has to give its first answer to a log request (data, an
+/// error, or that it took the request) before the client's stream ends.
+pub const FIRST_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// What a route carries: a batch of chunks, or the error that ends it.
 pub(crate) type Item = Result<Vec<pb::LogChunk>, Status>;
@@ -107,7 +110,10 @@ impl LogRouter {
         let mut cut = false;
         if route.tx.is_closed() {
             cut = true;
-        } else if !data.chunks.is_empty() {
+        } else if !data.chunks.is_empty() || !last {
+            // An empty message that does not end the stream is the agent's
+            // first answer (the request was taken): the client's stream
+            // stops waiting for one.
             if route.tx.capacity() <= 1 {
                 let _ = route.tx.try_send(Err(Status::resource_exhausted(format!(
                     "the log reader fell behind ({CLIENT_BUFFER} messages queued) and was ended: read faster, or ask for less with --tail"
@@ -203,6 +209,17 @@ mod tests {
         assert_eq!(r.open_on("n1"), 1);
         // Late data for an ended request is dropped quietly.
         assert!(!r.deliver("n1", data(a, vec![chunk("late")])));
+    }
+
+    #[tokio::test]
+    async fn the_agents_first_answer_reaches_the_stream_without_ending_it() {
+        let r = LogRouter::default();
+        let (a, mut rx) = r.open("n1", 1).unwrap();
+        assert!(!r.deliver("n1", data(a, Vec::new())));
+        assert!(rx.recv().await.unwrap().unwrap().is_empty());
+        assert_eq!(r.open_on("n1"), 1);
+        assert!(!r.deliver("n1", data(a, vec![chunk("x")])));
+        assert_eq!(rx.recv().await.unwrap().unwrap()[0].data, b"x");
     }
 
     #[tokio::test]
