@@ -242,7 +242,7 @@ mod tests {
             ["minkube-agent", "--label", "novalue"],
             ["minkube-agent", "--label", "=x"],
             ["minkube-agent", "--resync-interval", "0s"],
-            ["minkube-agent", "--stop-timeout", "5d"],
+            ["minkube-agent", "--stop-timeout", "5w"],
         ] {
             assert!(Args::try_parse_from(args).is_err(), "{args:?}");
         }
