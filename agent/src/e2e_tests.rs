@@ -38,6 +38,15 @@ impl AgentService for FakeManager {
         ))
     }
 
+    async fn renew_certificate(
+        &self,
+        _request: Request<pb::RenewCertificateRequest>,
+    ) -> Result<Response<pb::RenewCertificateResponse>, Status> {
+        Err(Status::failed_precondition(
+            "this test manager is plaintext",
+        ))
+    }
+
     async fn register(
         &self,
         request: Request<pb::RegisterRequest>,

@@ -18,16 +18,21 @@ use crate::config::Args;
 use crate::AgentError;
 
 /// The node certificate in the data dir.
-const NODE_CERT: &str = "node.pem";
+pub(crate) const NODE_CERT: &str = "node.pem";
 /// Its private key (mode 0600; never leaves the host).
-const NODE_KEY: &str = "node.key";
+pub(crate) const NODE_KEY: &str = "node.key";
 
 /// How sessions reach the manager.
 pub enum Transport {
     /// Plaintext (`--insecure`).
     Plaintext,
     /// Mutual TLS with the node certificate.
-    Tls(Box<ClientTlsConfig>),
+    Tls {
+        /// The settings sessions connect with.
+        config: Box<ClientTlsConfig>,
+        /// The cluster CA (PEM), for the settings of a renewed certificate.
+        ca_pem: String,
+    },
     /// Shutdown was requested while joining.
     Stopped,
 }
@@ -42,7 +47,7 @@ fn read(path: &Path, what: &str) -> Result<String, AgentError> {
 }
 
 /// Writes `contents` to `path` atomically (temp file + rename), `mode` bits.
-fn write_atomic(path: &Path, contents: &str, mode: u32) -> Result<(), AgentError> {
+pub(crate) fn write_atomic(path: &Path, contents: &str, mode: u32) -> Result<(), AgentError> {
     let tmp = path.with_extension("tmp");
     let fail = |e: std::io::Error| config_error(format!("cannot write {}: {e}", path.display()));
     let mut f = std::fs::OpenOptions::new()
@@ -75,6 +80,7 @@ pub async fn transport(
     };
     let ca = read(ca_path, "the CA certificate (--ca-cert)")?;
     let (cert_path, key_path) = (args.data_dir.join(NODE_CERT), args.data_dir.join(NODE_KEY));
+    crate::renew::finish_interrupted(&args.data_dir)?;
     if !cert_path.exists() {
         let Some(token) = args.join_token.as_deref() else {
             return Err(config_error(format!(
@@ -111,10 +117,10 @@ pub async fn transport(
             )))
         }
     }
-    Ok(Transport::Tls(Box::new(tls::client_config(
-        &ca,
-        Some((&cert, &key)),
-    ))))
+    Ok(Transport::Tls {
+        config: Box::new(tls::client_config(&ca, Some((&cert, &key)))),
+        ca_pem: ca,
+    })
 }
 
 /// Asks the manager for a node certificate; retries while it is

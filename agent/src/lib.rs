@@ -13,6 +13,7 @@ pub mod identity;
 pub mod join;
 pub mod local_store;
 pub mod reconciler;
+pub mod renew;
 pub mod runtime;
 pub mod session;
 
@@ -100,11 +101,21 @@ pub async fn run(
         ))
     })?;
     let store = LocalStore::open(&args.data_dir)?;
-    let tls = match join::transport(&args, &name, &mut stop_rx).await? {
-        join::Transport::Plaintext => None,
-        join::Transport::Tls(tls) => Some(*tls),
+    let (tls, renewer) = match join::transport(&args, &name, &mut stop_rx).await? {
+        join::Transport::Plaintext => (None, None),
+        join::Transport::Tls { config, ca_pem } => {
+            let (tx, rx) = watch::channel(*config);
+            let renewer = renew::Renewer {
+                manager: args.manager.clone(),
+                ca_pem,
+                data_dir: args.data_dir.clone(),
+                tls: tx,
+            };
+            (Some(rx), Some(renewer))
+        }
         join::Transport::Stopped => return Ok(()),
     };
+    let _renewer = renewer.map(|r| AbortOnDrop(tokio::spawn(r.run(stop_rx.clone()))));
     let (runtime, disk_path): (Arc<dyn Runtime>, PathBuf) = match args.runtime {
         RuntimeKind::Docker => {
             let Some(docker) = connect_docker(&args, &mut stop_rx).await? else {
@@ -196,7 +207,7 @@ async fn tell_systemd(
 async fn serve(
     args: Args,
     name: String,
-    tls: Option<tonic::transport::ClientTlsConfig>,
+    tls: Option<watch::Receiver<tonic::transport::ClientTlsConfig>>,
     store: LocalStore,
     runtime: Arc<dyn Runtime>,
     disk_path: PathBuf,

@@ -143,6 +143,71 @@ async fn agent_client_as(
     AgentServiceClient::new(channel)
 }
 
+/// Node certificates are renewed before they expire: with 15 s certificates
+/// the agent gets a new one after about 10 s, and once the first one has
+/// expired (and is refused) the agent still reconnects to a restarted
+/// manager, as the same node, with the new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_renews_its_certificate_before_it_expires() {
+    let mut cluster = Cluster::builder()
+        .secure()
+        .manager_flag("--node-cert-ttl", "15s")
+        .agents(&["a"])
+        .start()
+        .await;
+    let dir = cluster.dir().join("agent-a");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let (first_cert, first_key) = (read("node.pem"), read("node.key"));
+    let (_, first_expiry) = minkube_common::tls::validity_of_pem(&first_cert).unwrap();
+    let node_id = cluster.nodes().await.unwrap()[0].id.clone();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while read("node.pem") == first_cert {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no renewal: {}",
+            cluster.agent_log("a")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let renewed = read("node.pem");
+    assert_eq!(
+        minkube_common::tls::node_name_of_pem(&renewed).as_deref(),
+        Some("a")
+    );
+    let (_, expiry) = minkube_common::tls::validity_of_pem(&renewed).unwrap();
+    assert!(expiry > first_expiry, "{expiry} > {first_expiry}");
+    assert!(cluster.manager_log().contains("node certificate renewed"));
+
+    // Past the first certificate's expiry: it is refused now.
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    while now() <= u64::try_from(first_expiry).unwrap() + 1 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ca = std::fs::read_to_string(&cluster.security().ca_path).unwrap();
+    let expired = minkube_common::tls::client_config(&ca, Some((&first_cert, &first_key)));
+    let refused = match minkube::client::channel_with(&cluster.addr(), Some(&expired)).await {
+        Err(_) => true,
+        Ok(channel) => AgentServiceClient::new(channel)
+            .register(register("a"))
+            .await
+            .is_err(),
+    };
+    assert!(refused, "an expired node certificate is refused");
+
+    // A new connection of the agent uses its current certificate.
+    cluster.restart_manager();
+    cluster.wait_nodes_ready(1).await;
+    let nodes = cluster.nodes().await.unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!((nodes[0].name.as_str(), &nodes[0].id), ("a", &node_id));
+}
+
 fn register(name: &str) -> pb::RegisterRequest {
     pb::RegisterRequest {
         name: name.into(),

@@ -247,6 +247,32 @@ impl AgentService for AgentApi {
         Ok(Response::new(pb::RegisterResponse { node_id }))
     }
 
+    async fn renew_certificate(
+        &self,
+        req: Request<pb::RenewCertificateRequest>,
+    ) -> Result<Response<pb::RenewCertificateResponse>, Status> {
+        let Some(pki) = &self.pki else {
+            return Err(ManagerError::NotSecured(
+                "this manager serves plaintext without authentication (--insecure): agents have no certificate to renew".into(),
+            )
+            .into());
+        };
+        // The auth layer let only node certificates through; the new
+        // certificate names the node of the one presented.
+        let Identity::Node { name } = identity_of(&req) else {
+            return Err(Status::unauthenticated(
+                "renewing a node certificate needs the node's current certificate: join again with a join token if it expired",
+            ));
+        };
+        let certificate_pem = pki
+            .sign_node(&req.into_inner().csr_pem, &name)
+            .map_err(ManagerError::from)?;
+        tracing::info!(node = %name, "node certificate renewed");
+        Ok(Response::new(pb::RenewCertificateResponse {
+            certificate_pem,
+        }))
+    }
+
     type ConnectStream = DownStream;
 
     async fn connect(

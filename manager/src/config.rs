@@ -23,6 +23,22 @@ fn parse_commit_delay(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Bounds of `--node-cert-ttl`: below them agents would do little but renew,
+/// above them a stolen key stays good for too long.
+const NODE_CERT_TTL_BOUNDS: (Duration, Duration) =
+    (Duration::from_secs(10), Duration::from_secs(3650 * 86_400));
+
+fn parse_cert_ttl(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    let (min, max) = NODE_CERT_TTL_BOUNDS;
+    if d < min || d > max {
+        return Err(format!(
+            "{s:?} is not a usable certificate lifetime: use 10s to 3650d (default 365d)"
+        ));
+    }
+    Ok(d)
+}
+
 /// minkube-manager: the control plane.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -92,6 +108,11 @@ pub struct Args {
     /// their certificates either way.
     #[arg(long, env = "MINKUBE_JOIN_TOKEN_TTL", default_value = "24h", value_parser = parse_duration)]
     pub join_token_ttl: Duration,
+    /// How long the node certificates this manager signs (on join and on
+    /// renewal) are valid, 10s to 3650d. Agents renew theirs when two thirds
+    /// of it have passed, so keep it well above how long a node may be off.
+    #[arg(long, env = "MINKUBE_NODE_CERT_TTL", default_value = "365d", value_parser = parse_cert_ttl)]
+    pub node_cert_ttl: Duration,
     /// Finished tasks older than this are deleted with their events.
     #[arg(long, env = "MINKUBE_RETENTION", default_value = "24h", value_parser = parse_duration)]
     pub retention: Duration,

@@ -22,8 +22,9 @@ const CA_KEY: &str = "ca.key";
 const SERVER_CERT: &str = "server.pem";
 const SERVER_KEY: &str = "server.key";
 
-/// How long a node certificate is valid.
-const NODE_CERT_DAYS: i64 = 365;
+/// How long a node certificate is valid unless configured
+/// (`--node-cert-ttl`).
+pub const NODE_CERT_TTL: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
 /// How long the CA and the server certificate are valid.
 const CA_DAYS: i64 = 10 * 365;
 const SERVER_DAYS: i64 = 2 * 365;
@@ -59,6 +60,7 @@ pub struct Pki {
     ca_key: KeyPair,
     server_cert_pem: String,
     server_key_pem: String,
+    node_cert_ttl: std::time::Duration,
 }
 
 fn dir(data_dir: &Path) -> PathBuf {
@@ -90,10 +92,16 @@ fn write(path: &Path, contents: &str, private: bool) -> Result<(), PkiError> {
 }
 
 fn validity(params: &mut CertificateParams, days: i64) {
+    validity_for(params, Duration::days(days));
+}
+
+fn validity_for(params: &mut CertificateParams, lifetime: Duration) {
     let now = OffsetDateTime::now_utc();
-    // Some slack for clocks a little behind the manager's.
-    params.not_before = now - Duration::minutes(5);
-    params.not_after = now + Duration::days(days);
+    // Some slack for clocks a little behind the manager's: five minutes, or
+    // a tenth of a short lifetime.
+    let slack: Duration = (lifetime / 10_i32).min(Duration::minutes(5));
+    params.not_before = now.saturating_sub(slack);
+    params.not_after = now.saturating_add(lifetime);
 }
 
 fn serial(params: &mut CertificateParams) {
@@ -152,6 +160,7 @@ impl Pki {
             ca_key,
             server_cert_pem: server_cert.pem(),
             server_key_pem: server_key.serialize_pem(),
+            node_cert_ttl: NODE_CERT_TTL,
         };
         write(&d.join(CA_KEY), &pki.ca_key.serialize_pem(), true)?;
         write(&d.join(SERVER_KEY), &pki.server_key_pem, true)?;
@@ -172,7 +181,15 @@ impl Pki {
             ca_key: KeyPair::from_pem(&read(&d.join(CA_KEY))?)?,
             server_cert_pem: read(&d.join(SERVER_CERT))?,
             server_key_pem: read(&d.join(SERVER_KEY))?,
+            node_cert_ttl: NODE_CERT_TTL,
         })
+    }
+
+    /// Node certificates signed from now on are valid for `ttl`.
+    #[must_use]
+    pub fn with_node_cert_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.node_cert_ttl = ttl;
+        self
     }
 
     /// Path of the CA certificate, for `init`'s instructions.
@@ -209,7 +226,8 @@ impl Pki {
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         p.custom_extensions = Vec::new();
-        validity(p, NODE_CERT_DAYS);
+        let lifetime = Duration::try_from(self.node_cert_ttl).unwrap_or(Duration::MAX);
+        validity_for(p, lifetime);
         serial(p);
         let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, &self.ca_key)?;
         Ok(csr.signed_by(&issuer)?.pem())
@@ -262,5 +280,22 @@ mod tests {
             pki.sign_node("not a csr", "n"),
             Err(PkiError::BadCsr(_))
         ));
+    }
+
+    #[test]
+    fn node_certificates_last_the_configured_lifetime() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let pki = Pki::create(dir.path(), &[]).unwrap();
+        let (nb, na) =
+            minkube_common::tls::validity_of_pem(&pki.sign_node(&csr("x"), "a").unwrap()).unwrap();
+        assert!((na - now - 365 * 86_400).abs() < 60, "a year by default");
+        assert!((now - nb - 300).abs() < 60, "five minutes of slack");
+
+        let pki = pki.with_node_cert_ttl(std::time::Duration::from_secs(30));
+        let (nb, na) =
+            minkube_common::tls::validity_of_pem(&pki.sign_node(&csr("x"), "a").unwrap()).unwrap();
+        assert!((na - now - 30).abs() <= 2, "{na} - {now}");
+        assert!((now - nb - 3).abs() <= 2, "a tenth as slack: {nb} - {now}");
     }
 }

@@ -71,7 +71,9 @@ impl Manager {
             None
         } else {
             Some(Arc::new(
-                Pki::load(&args.data_dir).map_err(ManagerError::from)?,
+                Pki::load(&args.data_dir)
+                    .map_err(ManagerError::from)?
+                    .with_node_cert_ttl(args.node_cert_ttl),
             ))
         };
         let store: Arc<dyn Store> =

@@ -49,8 +49,9 @@ pub struct SessionConfig {
     pub version: String,
     /// Where the node id is kept.
     pub data_dir: PathBuf,
-    /// Mutual TLS settings; None for a plaintext (`--insecure`) manager.
-    pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Mutual TLS settings, current as the certificate is renewed; None for
+    /// a plaintext (`--insecure`) manager.
+    pub tls: Option<tokio::sync::watch::Receiver<tonic::transport::ClientTlsConfig>>,
 }
 
 /// The session's ends of the reconciler's channels.
@@ -118,7 +119,8 @@ fn backoff() -> Backoff {
 }
 
 async fn client(cfg: &SessionConfig) -> Result<AgentClient, SessionError> {
-    let channel = minkube::client::channel_with(&cfg.manager, cfg.tls.as_ref()).await?;
+    let tls = cfg.tls.as_ref().map(|t| t.borrow().clone());
+    let channel = minkube::client::channel_with(&cfg.manager, tls.as_ref()).await?;
     Ok(AgentClient::new(channel).max_decoding_message_size(MAX_DECODING_BYTES))
 }
 

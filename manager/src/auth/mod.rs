@@ -82,7 +82,9 @@ pub fn access_for(path: &str) -> (Access, bool) {
         | "/minkube.v1.AccessService/RevokeToken"
         | "/minkube.v1.AccessService/RotateJoinToken" => (Access::Role(Role::Admin), true),
         "/minkube.v1.AgentService/Join" => (Access::Open, true),
-        "/minkube.v1.AgentService/Register" => (Access::Node, true),
+        "/minkube.v1.AgentService/Register" | "/minkube.v1.AgentService/RenewCertificate" => {
+            (Access::Node, true)
+        }
         "/minkube.v1.AgentService/Connect" => (Access::Node, false),
         p if p.starts_with("/grpc.health.v1.Health/")
             || p.starts_with("/grpc.reflection.v1.ServerReflection/")
