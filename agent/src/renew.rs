@@ -72,6 +72,16 @@ pub(crate) fn save(data_dir: &Path, cert_pem: &str, key_pem: &str) -> Result<(),
     rename(data_dir, NEXT_CERT, NODE_CERT)
 }
 
+/// Waits the next retry delay; false if `stop` turned true first.
+async fn backoff(failures: &mut u32, stop: &mut watch::Receiver<bool>) -> bool {
+    let delay = Backoff::default().delay(*failures, &mut rand::rng());
+    *failures = failures.saturating_add(1);
+    tokio::select! {
+        () = tokio::time::sleep(delay) => true,
+        () = crate::stopped(stop) => false,
+    }
+}
+
 /// What the renewal loop needs.
 pub struct Renewer {
     /// Manager address.
@@ -88,6 +98,7 @@ impl Renewer {
     /// Renews the certificate each time it is due, until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut failures = 0u32;
+        let mut renewed = false;
         loop {
             let wait = match self.due() {
                 Ok(wait) => wait,
@@ -96,23 +107,32 @@ impl Renewer {
                     return;
                 }
             };
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = crate::stopped(&mut stop) => return,
+            if wait.is_zero() && renewed {
+                // A fresh certificate already due: clocks apart by a good
+                // part of its lifetime. Back off instead of asking on and on.
+                warn!("the renewed node certificate is already due for renewal: is this host's clock far ahead of the manager's?");
+                if !backoff(&mut failures, &mut stop).await {
+                    return;
+                }
+            } else if !wait.is_zero() {
+                failures = 0;
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = crate::stopped(&mut stop) => return,
+                }
             }
             match self.renew_once().await {
                 Ok(not_after) => {
-                    failures = 0;
+                    renewed = true;
                     info!(valid_until = not_after, "node certificate renewed");
-                    continue;
                 }
-                Err(e) => warn!(error = %e, "cannot renew the node certificate yet; retrying"),
-            }
-            let delay = Backoff::default().delay(failures, &mut rand::rng());
-            failures = failures.saturating_add(1);
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = crate::stopped(&mut stop) => return,
+                Err(e) => {
+                    renewed = false;
+                    warn!(error = %e, "cannot renew the node certificate yet; retrying");
+                    if !backoff(&mut failures, &mut stop).await {
+                        return;
+                    }
+                }
             }
         }
     }
