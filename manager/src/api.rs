@@ -204,6 +204,16 @@ impl AgentApi {
     pub fn new(cluster: Arc<Cluster>, pki: Option<Arc<Pki>>) -> Self {
         Self { cluster, pki }
     }
+
+    /// The cluster CA, or the error for a plaintext manager: `what` says
+    /// what agents do there instead.
+    fn pki(&self, what: &str) -> Result<&Pki, ManagerError> {
+        self.pki.as_deref().ok_or_else(|| {
+            ManagerError::NotSecured(format!(
+                "this manager serves plaintext without authentication (--insecure): {what}"
+            ))
+        })
+    }
 }
 
 #[tonic::async_trait]
@@ -212,12 +222,7 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
-        let Some(pki) = &self.pki else {
-            return Err(ManagerError::NotSecured(
-                "this manager serves plaintext without authentication (--insecure): agents connect with --insecure, no join needed".into(),
-            )
-            .into());
-        };
+        let pki = self.pki("agents connect with --insecure, no join needed")?;
         let r = req.into_inner();
         self.cluster.check_join(&r.join_token, &r.name)?;
         let certificate_pem = pki
@@ -251,12 +256,7 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::RenewCertificateRequest>,
     ) -> Result<Response<pb::RenewCertificateResponse>, Status> {
-        let Some(pki) = &self.pki else {
-            return Err(ManagerError::NotSecured(
-                "this manager serves plaintext without authentication (--insecure): agents have no certificate to renew".into(),
-            )
-            .into());
-        };
+        let pki = self.pki("agents have no certificate to renew")?;
         // The auth layer let only node certificates through; the new
         // certificate names the node of the one presented.
         let Identity::Node { name } = identity_of(&req) else {
