@@ -66,11 +66,16 @@ pub fn node_name_of_pem(pem: &str) -> Option<String> {
     node_name_of(&p.contents)
 }
 
-/// When the first PEM certificate of `pem` becomes valid and when it expires
-/// (Unix seconds).
-pub fn validity_of_pem(pem: &str) -> Option<(i64, i64)> {
-    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&p.contents).ok()?;
+/// When the certificate `cert_der` becomes valid and when it expires (Unix
+/// seconds).
+pub fn validity_of(cert_der: &[u8]) -> Option<(i64, i64)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
     let v = cert.validity();
     Some((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
+/// [`validity_of`] the first PEM certificate of `pem`.
+pub fn validity_of_pem(pem: &str) -> Option<(i64, i64)> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    validity_of(&p.contents)
 }

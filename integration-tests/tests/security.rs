@@ -159,7 +159,13 @@ async fn an_agent_renews_its_certificate_before_it_expires() {
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
     let (first_cert, first_key) = (read("node.pem"), read("node.key"));
     let (_, first_expiry) = minkube_common::tls::validity_of_pem(&first_cert).unwrap();
-    let node_id = cluster.nodes().await.unwrap()[0].id.clone();
+    let node = cluster.nodes().await.unwrap().remove(0);
+    let node_id = node.id.clone();
+    assert_eq!(
+        node.certificate_expires_at.map(|t| t.seconds),
+        Some(first_expiry),
+        "the manager shows the expiry of the certificate the agent registered with"
+    );
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while read("node.pem") == first_cert {
@@ -206,6 +212,10 @@ async fn an_agent_renews_its_certificate_before_it_expires() {
     let nodes = cluster.nodes().await.unwrap();
     assert_eq!(nodes.len(), 1);
     assert_eq!((nodes[0].name.as_str(), &nodes[0].id), ("a", &node_id));
+    // The manager shows when the certificate the agent came back with
+    // expires: a renewed one.
+    let shown = nodes[0].certificate_expires_at.as_ref().unwrap().seconds;
+    assert!(shown > first_expiry, "{shown} > {first_expiry}");
 }
 
 fn register(name: &str) -> pb::RegisterRequest {

@@ -248,7 +248,19 @@ impl AgentService for AgentApi {
                 .into());
             }
         }
-        let node_id = self.cluster.register(req.into_inner()).await?;
+        // The expiry of the certificate presented, for operators to see
+        // that renewal works (checked by TLS already; this only reads it).
+        let certificate_expires_at = req
+            .peer_certs()
+            .and_then(|certs| minkube_common::tls::validity_of(certs.first()?.as_ref()))
+            .map(|(_, not_after)| prost_types::Timestamp {
+                seconds: not_after,
+                nanos: 0,
+            });
+        let node_id = self
+            .cluster
+            .register(req.into_inner(), certificate_expires_at)
+            .await?;
         Ok(Response::new(pb::RegisterResponse { node_id }))
     }
 

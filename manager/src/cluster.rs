@@ -387,14 +387,17 @@ pub(crate) async fn test_node(
     buffer: usize,
 ) -> (String, TestStream) {
     let node_id = c
-        .register(pb::RegisterRequest {
-            name: name.into(),
-            capacity: Some(pb::Resources {
-                cpu_cores: 1.0,
-                memory_mb,
-            }),
-            ..Default::default()
-        })
+        .register(
+            pb::RegisterRequest {
+                name: name.into(),
+                capacity: Some(pb::Resources {
+                    cpu_cores: 1.0,
+                    memory_mb,
+                }),
+                ..Default::default()
+            },
+            None,
+        )
         .await
         .unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(buffer);

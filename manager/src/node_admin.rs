@@ -171,7 +171,7 @@ mod tests {
             .into(),
             ..Default::default()
         };
-        let id = c.register(register.clone()).await.unwrap();
+        let id = c.register(register.clone(), None).await.unwrap();
         let mut req = update("w1");
         req.set_labels = [
             ("disk".to_string(), "ssd".to_string()),
@@ -191,7 +191,7 @@ mod tests {
         let mut again = register.clone();
         again.node_id = id.clone();
         again.labels = [("zone".to_string(), "b".to_string())].into();
-        c.register(again).await.unwrap();
+        c.register(again, None).await.unwrap();
         let n = c.get_node("w1").unwrap();
         assert_eq!(n.labels.get("zone").map(String::as_str), Some("b"));
         assert_eq!(n.labels["disk"], "ssd");
@@ -221,10 +221,13 @@ mod tests {
         let c = cluster(dir.path()).await;
         let err = c.update_node(update("nope")).await.unwrap_err();
         assert!(matches!(err, ManagerError::NodeNotFound(_)), "{err}");
-        c.register(pb::RegisterRequest {
-            name: "w1".into(),
-            ..Default::default()
-        })
+        c.register(
+            pb::RegisterRequest {
+                name: "w1".into(),
+                ..Default::default()
+            },
+            None,
+        )
         .await
         .unwrap();
         let mut bad = update("w1");

@@ -59,7 +59,13 @@ fn sanitized(mut s: pb::HostStats) -> pb::HostStats {
 impl Cluster {
     /// Registers a node, or refreshes a known one. An agent that lost its
     /// data dir gets its old id back by name, unless that node is connected.
-    pub async fn register(&self, req: pb::RegisterRequest) -> Result<String, ManagerError> {
+    /// `certificate_expires_at`: when the client certificate the agent
+    /// presented expires (None on a plaintext manager).
+    pub async fn register(
+        &self,
+        req: pb::RegisterRequest,
+        certificate_expires_at: Option<prost_types::Timestamp>,
+    ) -> Result<String, ManagerError> {
         check_register(&req)?;
         let id = self
             .write(|st, out| {
@@ -107,6 +113,7 @@ impl Cluster {
                 n.labels = crate::node_admin::effective_labels(n);
                 n.capacity = req.capacity;
                 n.agent_version = req.agent_version.clone();
+                n.certificate_expires_at = certificate_expires_at;
                 n.last_heartbeat = Some(ts);
                 // Host statistics are live data: memory only, never stored.
                 let mut stored = n.clone();
@@ -277,10 +284,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = cluster(dir.path()).await;
         let id = c
-            .register(pb::RegisterRequest {
-                name: "node-a".into(),
-                ..Default::default()
-            })
+            .register(
+                pb::RegisterRequest {
+                    name: "node-a".into(),
+                    ..Default::default()
+                },
+                None,
+            )
             .await
             .unwrap();
         assert!(c.get_node("node-a").unwrap().stats.is_none());
@@ -296,11 +306,14 @@ mod tests {
         assert_eq!(listed.nodes[0].stats.as_ref().unwrap().cpu_percent, 50.0);
 
         // Re-registering writes the node to the store, without its stats.
-        c.register(pb::RegisterRequest {
-            node_id: id.clone(),
-            name: "node-a".into(),
-            ..Default::default()
-        })
+        c.register(
+            pb::RegisterRequest {
+                node_id: id.clone(),
+                name: "node-a".into(),
+                ..Default::default()
+            },
+            None,
+        )
         .await
         .unwrap();
         assert!(c.get_node(&id).unwrap().stats.is_some());

@@ -188,6 +188,9 @@ pub fn node(n: &Node) -> String {
         None => b.add("Host stats", "none reported yet"),
     }
     b.add("Agent version", n.agent_version.clone());
+    if n.certificate_expires_at.is_some() {
+        b.add("Cert expires", time(n.certificate_expires_at.as_ref()));
+    }
     b.add("Registered", time(n.registered_at.as_ref()));
     b.add("Last heartbeat", time(n.last_heartbeat.as_ref()));
     b.render()
@@ -286,6 +289,20 @@ mod tests {
         assert!(out.contains("Allocated:      0 MB, 0 cores\n"), "{out}");
         assert!(out.contains("Host stats:     none reported yet\n"), "{out}");
         assert!(!out.contains("CPU usage"), "{out}");
+        assert!(!out.contains("Cert expires"), "plaintext: {out}");
+
+        let secured = Node {
+            certificate_expires_at: Some(Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 0,
+            }),
+            ..n
+        };
+        let out = node(&secured);
+        assert!(
+            out.contains("Cert expires:   2023-11-14T22:13:20Z\n"),
+            "{out}"
+        );
     }
 
     #[test]

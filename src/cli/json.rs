@@ -144,6 +144,11 @@ pub fn node(n: &Node) -> Value {
     m.insert("admin_labels".into(), string_map(&n.admin_labels));
     put(&mut m, "registered_at", time(n.registered_at.as_ref()));
     put(&mut m, "last_heartbeat", time(n.last_heartbeat.as_ref()));
+    put(
+        &mut m,
+        "certificate_expires_at",
+        time(n.certificate_expires_at.as_ref()),
+    );
     m.insert("active_tasks".into(), json!(n.active_tasks));
     m.insert("agent_version".into(), json!(n.agent_version));
     m.insert("lost".into(), json!(n.lost));
