@@ -24,7 +24,6 @@ pub struct TaskLogStream {
     first_answer: Option<Pin<Box<Sleep>>>,
     /// Name of the node, for the error of a request it left unanswered.
     node_name: String,
-    ended: bool,
     guard: RouteGuard,
 }
 
@@ -56,9 +55,6 @@ impl Stream for TaskLogStream {
         loop {
             if let Some(chunk) = self.pending.next() {
                 return Poll::Ready(Some(Ok(pb::TaskLogsResponse { chunk: Some(chunk) })));
-            }
-            if self.ended {
-                return Poll::Ready(None);
             }
             match Pin::new(&mut self.rx).poll_next(cx) {
                 Poll::Ready(Some(item)) => {
@@ -95,7 +91,8 @@ impl TaskLogStream {
             return Poll::Pending;
         }
         self.first_answer = None;
-        self.ended = true;
+        // Nothing is queued: the stream ends after this error.
+        self.rx.close();
         Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
             "node {} did not answer the log request within {} s: its agent or Docker may be stuck; check `minkube nodes` and the agent's log, then try again",
             self.node_name,
@@ -143,7 +140,6 @@ impl Cluster {
             pending: Vec::new().into_iter(),
             first_answer: Some(Box::pin(tokio::time::sleep(FIRST_ANSWER_TIMEOUT))),
             node_name,
-            ended: false,
             guard: RouteGuard {
                 cluster: Arc::clone(self),
                 node_id: node_id.clone(),
