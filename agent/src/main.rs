@@ -35,9 +35,7 @@ fn main() {
         return;
     }
     let args = loaded.args;
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let result = minkube_common::runtime::multi_thread("minkube-agent")
         .context("cannot start the async runtime")
         .and_then(|rt| {
             // The span exporter's channel lives on this runtime.

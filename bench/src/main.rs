@@ -251,9 +251,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let args = Args::parse();
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let result = minkube_common::runtime::multi_thread("minkube-bench")
         .context("cannot start the async runtime")
         .and_then(|rt| rt.block_on(run(args)));
     match result {

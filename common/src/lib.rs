@@ -9,6 +9,7 @@ pub mod host_access;
 pub mod labels;
 pub mod paging;
 pub mod retry;
+pub mod runtime;
 pub mod sd_notify;
 pub mod state_machine;
 pub mod telemetry;

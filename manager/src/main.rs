@@ -27,10 +27,7 @@ fn main() -> anyhow::Result<()> {
         None => {}
     }
     let args = loaded.args;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("minkube-manager")
-        .build()?;
+    let rt = minkube_common::runtime::multi_thread("minkube-manager")?;
     // The span exporter's channel lives on this runtime.
     let telemetry = {
         let _rt = rt.enter();
