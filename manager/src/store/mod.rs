@@ -11,6 +11,7 @@ use minkube::pb;
 mod btree;
 pub mod committer;
 mod journal;
+mod pending;
 mod record;
 mod redb_store;
 

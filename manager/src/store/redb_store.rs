@@ -12,7 +12,7 @@
 //!
 //! Reads go to the tree, except the events of tasks whose latest changes are
 //! still only in the journal: those are kept in memory until checkpointed.
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -22,6 +22,7 @@ use minkube::pb;
 
 use super::btree::BTree;
 use super::journal::{self, SegmentWriter, SEGMENT_BYTES};
+use super::pending::{with_headroom, Lookup, Pending};
 use super::{Mutation, Snapshot, Store, StoreError, StoredTask};
 
 /// Sealed segments waiting for the checkpointer before commits wait for it
@@ -69,12 +70,10 @@ struct Shared {
     /// Segments waiting to be applied to the tree, oldest first.
     sealed: VecDeque<u64>,
     /// Events (and deletions) of tasks changed in segments not yet applied,
-    /// one map per segment, oldest first: a checkpoint drops its segment's
-    /// map whole, outside the lock, instead of walking every pending task
-    /// while commits wait for the lock.
-    pending: VecDeque<(u64, HashMap<String, PendingEvents>)>,
-    /// Number of tasks in the newest map: sizes the next one.
-    pending_tasks_last: usize,
+    /// one generation per segment: a checkpoint drops its segment's
+    /// generation whole, outside the lock, instead of walking every pending
+    /// task while commits wait for the lock.
+    pending: Pending,
     stopping: bool,
     /// Why the last checkpoint failed (cleared by a success).
     checkpoint_error: Option<String>,
@@ -92,21 +91,6 @@ struct Shared {
 struct Scratch {
     buf: Vec<u8>,
     ops: usize,
-}
-
-#[derive(Clone, Default)]
-struct PendingEvents {
-    deleted: bool,
-    /// (index, event) in commit order; a later entry for the same index
-    /// wins. A list, not a map: a task has one to a few events per segment
-    /// and a map's first node is ten times the size of one event.
-    events: Vec<(u32, pb::TaskEvent)>,
-}
-
-/// A little over `last`: sizes a segment's list or map from the previous
-/// segment's (most segments are alike).
-fn with_headroom(last: usize) -> usize {
-    last + last / 8
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -253,58 +237,12 @@ impl Inner {
 
     /// Remembers the events `batch` adds, for reads before the checkpoint.
     fn note_events(&self, batch: &[Mutation], seq: u64) {
-        if !batch
+        if batch
             .iter()
             .any(|m| matches!(m, Mutation::PutEvent { .. } | Mutation::DeleteTask(_)))
         {
-            return;
+            lock(&self.shared).pending.note(batch, seq);
         }
-        let mut shared = lock(&self.shared);
-        if shared.pending.back().is_none_or(|(s, _)| *s != seq) {
-            // Sized like the last segment's: grown by rehashing, the map
-            // was a measurable share of the commit path (copies and fresh
-            // pages).
-            let capacity = with_headroom(shared.pending_tasks_last);
-            shared
-                .pending
-                .push_back((seq, HashMap::with_capacity(capacity)));
-        }
-        let Some((_, generation)) = shared.pending.back_mut() else {
-            return;
-        };
-        for m in batch {
-            match m {
-                Mutation::PutEvent {
-                    task_id,
-                    index,
-                    event,
-                } => {
-                    let event = (*index, event.as_ref().clone());
-                    match generation.get_mut(task_id.as_str()) {
-                        Some(p) => p.events.push(event),
-                        None => {
-                            let p = PendingEvents {
-                                deleted: false,
-                                events: vec![event],
-                            };
-                            generation.insert(task_id.clone(), p);
-                        }
-                    }
-                }
-                Mutation::DeleteTask(id) => {
-                    generation.insert(
-                        id.clone(),
-                        PendingEvents {
-                            deleted: true,
-                            events: Vec::new(),
-                        },
-                    );
-                }
-                _ => {}
-            }
-        }
-        let tasks = generation.len();
-        shared.pending_tasks_last = tasks;
     }
 
     /// Hands the current segment to the checkpointer; with `reopen`, starts
@@ -356,9 +294,7 @@ impl Inner {
             Ok(()) => {
                 shared.sealed.pop_front();
                 shared.checkpoint_error = None;
-                while shared.pending.front().is_some_and(|(s, _)| *s <= seq) {
-                    applied.extend(shared.pending.pop_front());
-                }
+                applied = shared.pending.take_through(seq);
                 metrics::histogram!("minkube_manager_store_checkpoint_seconds")
                     .record(started.elapsed().as_secs_f64());
             }
@@ -366,7 +302,7 @@ impl Inner {
         }
         drop(shared);
         self.changed.notify_all();
-        // Freed here, after the lock: tens of thousands of events.
+        // Freed here, after the lock: thousands of tasks' entries.
         drop(applied);
         Some(result)
     }
@@ -513,23 +449,17 @@ impl Inner {
     fn task_events(&self, task_id: &str) -> Result<Vec<pb::TaskEvent>, StoreError> {
         // Pending first: a checkpoint between the two reads moves events
         // from pending to the tree, and both reads then see them.
-        let pending: Vec<PendingEvents> = lock(&self.shared)
-            .pending
-            .iter()
-            .filter_map(|(_, generation)| generation.get(task_id).cloned())
-            .collect();
-        if pending.is_empty() {
-            return self.tree.task_events(task_id);
+        let pending = lock(&self.shared).pending.lookup(task_id)?;
+        match pending {
+            Lookup::Nothing => self.tree.task_events(task_id),
+            Lookup::Deleted => Ok(Vec::new()),
+            Lookup::Events(newer) => {
+                let mut all: BTreeMap<u32, pb::TaskEvent> =
+                    (0..).zip(self.tree.task_events(task_id)?).collect();
+                all.extend(newer);
+                Ok(all.into_values().collect())
+            }
         }
-        if pending.iter().any(|p| p.deleted) {
-            return Ok(Vec::new());
-        }
-        let mut all: BTreeMap<u32, pb::TaskEvent> =
-            (0..).zip(self.tree.task_events(task_id)?).collect();
-        for p in pending {
-            all.extend(p.events);
-        }
-        Ok(all.into_values().collect())
     }
 }
 
