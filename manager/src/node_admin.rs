@@ -115,7 +115,7 @@ impl Cluster {
                         task_id: task_id.clone(),
                         attempt: e.status().attempt,
                         reason: crate::status::stop_reason(&e.task),
-                        trace_context: e.trace_context.clone(),
+                        trace_context: e.trace_context.as_ref().clone(),
                     });
                     st.put_task(&task_id, out);
                 }

@@ -3,6 +3,7 @@
 //! (the state machine) and yields the [`Mutation`]s that make it durable.
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use minkube::convert::now;
 use minkube::pb::{self, TaskState};
@@ -24,8 +25,9 @@ pub struct TaskEntry {
     pub last_sequence: u64,
     /// Every event, oldest first.
     pub events: Vec<pb::TaskEvent>,
-    /// W3C trace context of the create request (empty if untraced).
-    pub trace_context: HashMap<String, String>,
+    /// W3C trace context of the create request (empty if untraced). Set
+    /// once, shared with every record of the task put since.
+    pub trace_context: Arc<HashMap<String, String>>,
 }
 
 impl TaskEntry {
@@ -360,7 +362,7 @@ impl State {
             task,
             last_sequence: 0,
             events: vec![event.clone()],
-            trace_context,
+            trace_context: Arc::new(trace_context),
         };
         let id = entry.task.id.clone();
         out.push(Mutation::PutTask(Box::new(entry.stored())));

@@ -253,12 +253,12 @@ pub fn desired_for(st: &State, node_id: &str) -> (pb::DesiredSet, Vec<pb::StopOr
                 attempt: s.attempt,
                 reason: stop_reason(&e.task),
                 // A stop re-sent on reconnect continues the task's trace.
-                trace_context: e.trace_context.clone(),
+                trace_context: e.trace_context.as_ref().clone(),
             });
         } else {
             set.assignments.push(crate::scheduler::assignment_of(
                 &e.task,
-                e.trace_context.clone(),
+                e.trace_context.as_ref().clone(),
             ));
         }
     }

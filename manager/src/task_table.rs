@@ -374,7 +374,7 @@ pub(crate) mod tests {
             },
             last_sequence: 3,
             events: vec![pb::TaskEvent::default()],
-            trace_context: [("traceparent".to_string(), "x".to_string())].into(),
+            trace_context: Arc::new([("traceparent".to_string(), "x".to_string())].into()),
         }
     }
 

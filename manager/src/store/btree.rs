@@ -304,6 +304,8 @@ mod tests {
                 "traceparent".to_string(),
                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string(),
             )]
+            .into_iter()
+            .collect::<HashMap<_, _>>()
             .into(),
         }
     }

@@ -2,6 +2,7 @@
 use super::*;
 use crate::store::{StoredTask, StoredToken};
 use minkube::pb;
+use std::sync::Arc;
 
 pub(crate) fn every_kind() -> Vec<Mutation> {
     vec![
@@ -12,7 +13,9 @@ pub(crate) fn every_kind() -> Vec<Mutation> {
                 ..Default::default()
             }),
             last_sequence: 3,
-            trace_context: [("traceparent".to_string(), "00-ab-cd-01".to_string())].into(),
+            trace_context: Arc::new(
+                [("traceparent".to_string(), "00-ab-cd-01".to_string())].into(),
+            ),
         })),
         Mutation::DeleteTask("t0".into()),
         Mutation::PutEvent {
