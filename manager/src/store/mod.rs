@@ -107,3 +107,9 @@ pub trait Store: Send + Sync + 'static {
     /// Applies all mutations in one durable transaction: all or none.
     fn commit(&self, batch: &[Mutation]) -> Result<(), StoreError>;
 }
+
+/// A little over `last`: sizes a list or map from the one before it (most
+/// journal segments are alike).
+fn with_headroom(last: usize) -> usize {
+    last + last / 8
+}

@@ -13,7 +13,7 @@ use std::ops::Range;
 use minkube::pb;
 use prost::Message;
 
-use super::{Mutation, StoreError};
+use super::{with_headroom, Mutation, StoreError};
 
 /// The events of one journal segment.
 pub(super) struct Generation {
@@ -54,9 +54,12 @@ pub(super) struct Pending {
     bytes_last: usize,
 }
 
-/// A little over `last`.
-pub(super) fn with_headroom(last: usize) -> usize {
-    last + last / 8
+/// Whether `batch` adds events or deletes a task: only then is there
+/// anything to note (checked before taking the lock that guards notes).
+pub(super) fn brings_events(batch: &[Mutation]) -> bool {
+    batch
+        .iter()
+        .any(|m| matches!(m, Mutation::PutEvent { .. } | Mutation::DeleteTask(_)))
 }
 
 impl Pending {
@@ -69,10 +72,7 @@ impl Pending {
     /// Remembers the events and deletions that `batch`, appended to
     /// segment `seq`, brings.
     pub fn note(&mut self, batch: &[Mutation], seq: u64) {
-        if !batch
-            .iter()
-            .any(|m| matches!(m, Mutation::PutEvent { .. } | Mutation::DeleteTask(_)))
-        {
+        if !brings_events(batch) {
             return;
         }
         if self.generations.back().is_none_or(|g| g.seq != seq) {

@@ -22,8 +22,8 @@ use minkube::pb;
 
 use super::btree::BTree;
 use super::journal::{self, SegmentWriter, SEGMENT_BYTES};
-use super::pending::{with_headroom, Lookup, Pending};
-use super::{Mutation, Snapshot, Store, StoreError, StoredTask};
+use super::pending::{brings_events, Lookup, Pending};
+use super::{with_headroom, Mutation, Snapshot, Store, StoreError, StoredTask};
 
 /// Sealed segments waiting for the checkpointer before commits wait for it
 /// (bounds the journal on disk, the events kept in memory and replay time:
@@ -237,10 +237,7 @@ impl Inner {
 
     /// Remembers the events `batch` adds, for reads before the checkpoint.
     fn note_events(&self, batch: &[Mutation], seq: u64) {
-        if batch
-            .iter()
-            .any(|m| matches!(m, Mutation::PutEvent { .. } | Mutation::DeleteTask(_)))
-        {
+        if brings_events(batch) {
             lock(&self.shared).pending.note(batch, seq);
         }
     }
