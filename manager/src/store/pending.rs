@@ -23,7 +23,6 @@ pub(super) struct Generation {
     bytes: Vec<u8>,
 }
 
-#[derive(Default)]
 struct TaskEvents {
     deleted: bool,
     /// (index, where its encoding is in `bytes`) in commit order; a later
