@@ -1,61 +1,29 @@
 //! The manager's in-memory model: every task, its events and every node.
 //! Reads are served from here; every change goes through [`State::transition`]
 //! (the state machine) and yields the [`Mutation`]s that make it durable.
-use std::collections::{BTreeSet, HashMap};
-use std::ops::Bound;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use minkube::convert::now;
 use minkube::pb::{self, TaskState};
 use minkube_common::state_machine::{self, IllegalTransition};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::scheduler::queue::{Queue, Waiting};
 use crate::scheduler::refusals::WaitReasons;
 use crate::store::{Mutation, Snapshot, StoredTask};
 use crate::task_table::{Slot, TaskTable};
 
-/// A task with its history.
-#[derive(Debug, Clone, Default)]
-pub struct TaskEntry {
-    /// The API object.
-    pub task: pb::Task,
-    /// Highest agent sequence applied for the current attempt.
-    pub last_sequence: u64,
-    /// Every event, oldest first.
-    pub events: Vec<pb::TaskEvent>,
-    /// W3C trace context of the create request (empty if untraced). Set
-    /// once, shared with every record of the task put since.
-    pub trace_context: Arc<HashMap<String, String>>,
-}
+mod entries;
+mod node_load;
 
-impl TaskEntry {
-    /// Observed state.
-    pub fn state(&self) -> TaskState {
-        self.status().state()
-    }
+pub use entries::{NodeEntry, Session, TaskEntry};
+pub use node_load::Usage;
+use node_load::{NodeLoads, Reservation};
 
-    /// Observed status (always present on stored tasks).
-    pub fn status(&self) -> &pb::TaskStatus {
-        static EMPTY: std::sync::LazyLock<pb::TaskStatus> =
-            std::sync::LazyLock::new(pb::TaskStatus::default);
-        self.task.status.as_ref().unwrap_or(&EMPTY)
-    }
-
-    /// Memory the task reserves on its node.
-    pub fn memory_mb(&self) -> u64 {
-        self.task.spec.as_ref().map_or(0, |s| s.memory_mb)
-    }
-
-    fn stored(&self) -> StoredTask {
-        StoredTask {
-            task: Some(self.task.clone()),
-            last_sequence: self.last_sequence,
-            trace_context: self.trace_context.clone(),
-        }
-    }
-}
+#[cfg(test)]
+pub(crate) mod fixtures;
+#[cfg(test)]
+mod tests;
 
 /// Whether a task waits for the scheduler.
 fn needs_node(e: &TaskEntry) -> bool {
@@ -64,40 +32,6 @@ fn needs_node(e: &TaskEntry) -> bool {
         TaskState::Scheduled => e.status().node_id.is_empty(),
         _ => false,
     }
-}
-
-/// The live stream to a node's agent.
-#[derive(Debug, Clone)]
-pub struct Session {
-    /// Distinguishes a session from the one that replaced it.
-    pub id: u64,
-    /// Down-stream messages; bounded: a full or closed channel means the agent is gone.
-    pub tx: mpsc::Sender<Result<pb::ManagerMessage, tonic::Status>>,
-    /// Cancels the session's reader task.
-    pub cancel: CancellationToken,
-}
-
-/// A node and its session, if connected.
-#[derive(Debug)]
-pub struct NodeEntry {
-    /// The API object (allocated / active_tasks are filled in on read).
-    pub node: pb::Node,
-    /// The open session.
-    pub session: Option<Session>,
-    /// Last message from the agent, on the monotonic clock (node timeout and
-    /// reconnect grace are measured from it).
-    pub last_seen: tokio::time::Instant,
-}
-
-/// What the active tasks of a node reserve.
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
-pub struct Usage {
-    /// Memory in MB.
-    pub memory_mb: u64,
-    /// CPU cores.
-    pub cpu: f64,
-    /// Number of active tasks.
-    pub tasks: u32,
 }
 
 /// Why a transition could not be made.
@@ -136,11 +70,9 @@ pub struct State {
     /// for even the smallest task, a pass looks only at these (to give them
     /// their "why pending" reason) instead of walking the whole queue.
     pub fresh: Vec<String>,
-    /// Reservations per node id.
-    usage: HashMap<String, Usage>,
-    /// Ids of the active (SCHEDULED or RUNNING) tasks per node id, so work
-    /// about one node (its desired set, a lost node) never scans every task.
-    active: HashMap<String, BTreeSet<String>>,
+    /// What the active (SCHEDULED or RUNNING) tasks reserve on each node,
+    /// and their ids.
+    loads: NodeLoads,
     /// Tasks per state (indexed by the state's number), so a count by
     /// state never scans every task.
     counts: [u64; 6],
@@ -155,23 +87,14 @@ pub struct State {
     pub access: crate::auth::tokens::AccessState,
 }
 
-/// What a task holds on its node: enough to add or release it.
-struct Reservation {
-    node: Option<String>,
-    id: String,
-    memory_mb: u64,
-    cpu: f64,
-}
-
-impl Reservation {
-    fn of(entry: &TaskEntry) -> Self {
-        let node = &entry.status().node_id;
-        Self {
-            node: (!node.is_empty()).then(|| node.clone()),
-            id: entry.task.id.clone(),
-            memory_mb: entry.memory_mb(),
-            cpu: entry.task.spec.as_ref().map_or(0.0, |s| s.cpu),
-        }
+/// What `entry` holds on its node.
+fn reservation_of(entry: &TaskEntry) -> Reservation {
+    let node = &entry.status().node_id;
+    Reservation {
+        node: (!node.is_empty()).then(|| node.clone()),
+        id: entry.task.id.clone(),
+        memory_mb: entry.memory_mb(),
+        cpu: entry.task.spec.as_ref().map_or(0.0, |s| s.cpu),
     }
 }
 
@@ -258,7 +181,7 @@ impl State {
                 .insert(entry.task.id.clone(), Waiting::of(&entry));
         }
         if state_machine::is_active_on_node(entry.state()) {
-            self.reserve(&entry, 1);
+            self.loads.add(reservation_of(&entry));
         }
         self.count(entry.state(), 1);
         self.tasks.insert(entry);
@@ -279,36 +202,16 @@ impl State {
         self.counts.get(state as usize).copied().unwrap_or(0)
     }
 
-    fn reserve(&mut self, entry: &TaskEntry, sign: i8) {
-        self.reserve_for(Reservation::of(entry), sign);
-    }
-
-    fn reserve_for(&mut self, r: Reservation, sign: i8) {
-        let Some(node) = r.node else {
-            return; // waiting for a node: nothing reserved anywhere
-        };
-        let ids = self.active.entry(node.clone()).or_default();
-        if sign > 0 {
-            ids.insert(r.id);
-        } else {
-            ids.remove(&r.id);
+    /// Releases what `r` holds: its node has more room now.
+    fn release(&mut self, r: Reservation) {
+        if self.loads.release(r) {
             self.room_epoch = self.room_epoch.wrapping_add(1);
-        }
-        let u = self.usage.entry(node).or_default();
-        if sign > 0 {
-            u.memory_mb = u.memory_mb.saturating_add(r.memory_mb);
-            u.cpu += r.cpu;
-            u.tasks = u.tasks.saturating_add(1);
-        } else {
-            u.memory_mb = u.memory_mb.saturating_sub(r.memory_mb);
-            u.cpu = (u.cpu - r.cpu).max(0.0);
-            u.tasks = u.tasks.saturating_sub(1);
         }
     }
 
     /// What the active tasks of a node reserve.
     pub fn usage(&self, node_id: &str) -> Usage {
-        self.usage.get(node_id).copied().unwrap_or_default()
+        self.loads.usage(node_id)
     }
 
     /// The active (SCHEDULED or RUNNING) tasks placed on a node, by id order.
@@ -329,11 +232,8 @@ impl State {
         node_id: &str,
         after: Option<&'a str>,
     ) -> impl Iterator<Item = (&'a String, &'a Slot)> + 'a {
-        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-        self.active
-            .get(node_id)
-            .into_iter()
-            .flat_map(move |ids| ids.range::<str, _>((from, Bound::Unbounded)))
+        self.loads
+            .active_ids(node_id, after)
             .filter_map(|id| self.tasks.slot(id).map(|slot| (id, slot)))
     }
 
@@ -466,7 +366,8 @@ impl State {
         if let Some(slot) = self.tasks.remove(id) {
             if let Slot::Live(e) = &slot {
                 if state_machine::is_active_on_node(e.state()) {
-                    self.reserve(e, -1);
+                    let r = reservation_of(e);
+                    self.release(r);
                 }
             }
             self.count(slot.state(), -1);
@@ -503,7 +404,7 @@ impl State {
         if let (true, Slot::Live(entry)) = (state_machine::is_active_on_node(from), slot) {
             // Only what the reservation needs: a whole-entry clone per
             // transition was a measurable share of the manager's time.
-            self.reserve_for(Reservation::of(entry), -1);
+            self.release(reservation_of(entry));
         }
         let Some(entry) = self.tasks.get_mut(id) else {
             return Err(TransitionError::NotFound(id.to_string()));
@@ -537,12 +438,12 @@ impl State {
         if from == TaskState::Pending || state_machine::is_terminal(to) {
             self.unplaced.remove(id);
         }
-        let placed = state_machine::is_active_on_node(to).then(|| Reservation::of(entry));
+        let placed = state_machine::is_active_on_node(to).then(|| reservation_of(entry));
         self.tasks.note_state(id, to);
         self.count(from, -1);
         self.count(to, 1);
         if let Some(r) = placed {
-            self.reserve_for(r, 1);
+            self.loads.add(r);
         }
         if state_machine::is_terminal(to) {
             // A finished task never changes again: kept compact, its history
@@ -576,195 +477,5 @@ impl State {
         });
         n.active_tasks = u.tasks;
         n
-    }
-}
-
-/// Builders shared by the unit tests of the manager.
-#[cfg(test)]
-pub(crate) mod fixtures {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    /// A new 10 MB PENDING task named "t".
-    pub(crate) fn pending_task(id: &str) -> pb::Task {
-        pb::Task {
-            id: id.into(),
-            spec: Some(pb::TaskSpec {
-                name: "t".into(),
-                memory_mb: 10,
-                ..Default::default()
-            }),
-            status: Some(pb::TaskStatus {
-                state: TaskState::Pending as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    /// Adds a 10 MB task with `policy` and places it on `node` as attempt 1.
-    pub(crate) fn placed(st: &mut State, id: &str, node: &str, policy: pb::RestartPolicy) {
-        let mut out = Vec::new();
-        st.insert_task(
-            pb::Task {
-                id: id.into(),
-                spec: Some(pb::TaskSpec {
-                    memory_mb: 10,
-                    restart_policy: policy as i32,
-                    ..Default::default()
-                }),
-                desired_state: pb::DesiredState::Running as i32,
-                status: Some(pb::TaskStatus {
-                    state: TaskState::Pending as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            &mut out,
-        );
-        st.transition(
-            id,
-            TaskState::Scheduled,
-            "placed",
-            |s| {
-                s.node_id = node.into();
-                s.attempt = 1;
-            },
-            &mut out,
-        )
-        .unwrap();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    fn task(id: &str, mb: u64) -> pb::Task {
-        pb::Task {
-            id: id.into(),
-            spec: Some(pb::TaskSpec {
-                name: "t".into(),
-                memory_mb: mb,
-                ..Default::default()
-            }),
-            status: Some(pb::TaskStatus {
-                state: TaskState::Pending as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    fn place(node: &str) -> impl FnOnce(&mut pb::TaskStatus) + '_ {
-        move |s| {
-            s.node_id = node.into();
-            s.attempt = 1;
-        }
-    }
-
-    #[test]
-    fn transitions_record_events_and_reservations() {
-        let mut st = State::default();
-        let mut out = Vec::new();
-        st.insert_task(task("t1", 100), &mut out);
-        assert!(st.unplaced.contains_key("t1"));
-        assert_eq!(st.count_in(TaskState::Pending), 1);
-        st.transition("t1", TaskState::Scheduled, "placed", place("n1"), &mut out)
-            .unwrap();
-        assert_eq!(st.count_in(TaskState::Pending), 0);
-        assert_eq!(st.count_in(TaskState::Scheduled), 1);
-        assert!(st.unplaced.is_empty());
-        assert_eq!(st.usage("n1").memory_mb, 100);
-        assert_eq!(st.active_on("n1").count(), 1);
-        st.transition("t1", TaskState::Running, "started", |_| {}, &mut out)
-            .unwrap();
-        assert_eq!(st.usage("n1").tasks, 1);
-        st.transition("t1", TaskState::Completed, "exit 0", |_| {}, &mut out)
-            .unwrap();
-        assert_eq!(st.usage("n1"), Usage::default());
-        assert_eq!(
-            st.active_on("n1").count(),
-            0,
-            "finished tasks leave the index"
-        );
-        assert_eq!(st.count_in(TaskState::Completed), 1);
-        assert_eq!(st.count_in(TaskState::Running), 0);
-        st.remove_task("t1", &mut Vec::new());
-        assert_eq!(st.count_in(TaskState::Completed), 0);
-        st.insert_task(task("t1", 100), &mut Vec::new());
-        st.transition(
-            "t1",
-            TaskState::Scheduled,
-            "placed",
-            place("n1"),
-            &mut Vec::new(),
-        )
-        .unwrap();
-        st.transition("t1", TaskState::Running, "started", |_| {}, &mut Vec::new())
-            .unwrap();
-        st.transition(
-            "t1",
-            TaskState::Completed,
-            "exit 0",
-            |_| {},
-            &mut Vec::new(),
-        )
-        .unwrap();
-        let e = &st.tasks.get("t1").unwrap();
-        assert!(
-            e.events.is_empty(),
-            "a finished task's history is in the store only"
-        );
-        assert!(e.status().finished_at.is_some());
-        // 2 for insert + 2 per transition.
-        assert_eq!(out.len(), 8);
-    }
-
-    #[test]
-    fn illegal_transitions_change_nothing() {
-        let mut st = State::default();
-        let mut out = Vec::new();
-        st.insert_task(task("t1", 10), &mut out);
-        out.clear();
-        let err = st
-            .transition("t1", TaskState::Running, "x", |_| {}, &mut out)
-            .unwrap_err();
-        assert!(matches!(err, TransitionError::Illegal(_)));
-        assert!(out.is_empty());
-        assert_eq!(st.tasks.get("t1").unwrap().events.len(), 1);
-        assert!(matches!(
-            st.transition("nope", TaskState::Running, "x", |_| {}, &mut out),
-            Err(TransitionError::NotFound(_))
-        ));
-    }
-
-    #[test]
-    fn snapshot_rebuilds_queue_and_reservations() {
-        let mut st = State::default();
-        let mut out = Vec::new();
-        st.insert_task(task("a", 10), &mut out);
-        st.insert_task(task("b", 20), &mut out);
-        st.transition("b", TaskState::Scheduled, "placed", place("n1"), &mut out)
-            .unwrap();
-        let snap = Snapshot {
-            nodes: vec![pb::Node {
-                id: "n1".into(),
-                state: pb::NodeState::Ready as i32,
-                ..Default::default()
-            }],
-            ..Snapshot::default()
-        };
-        let mut re = State::from_snapshot(snap);
-        for (_, t) in st.tasks.iter() {
-            let e = t.entry().unwrap();
-            re.load_task(e.stored(), e.events.clone());
-        }
-        assert!(re.unplaced.contains_key("a") && !re.unplaced.contains_key("b"));
-        assert_eq!(re.usage("n1").memory_mb, 20);
-        let active: Vec<_> = re.active_on("n1").map(|e| e.task.id.as_str()).collect();
-        assert_eq!(active, ["b"]);
-        assert_eq!(re.nodes["n1"].node.state(), pb::NodeState::Disconnected);
     }
 }
