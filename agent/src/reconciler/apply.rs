@@ -37,20 +37,36 @@ impl Reconciler {
     fn on_release(&mut self, release: pb::Release) {
         let mut dropped = 0usize;
         for a in release.attempts {
-            let Some(e) = self.tasks.get(&a.task_id) else {
+            let Some(e) = self.tasks.get_mut(&a.task_id) else {
                 continue;
             };
-            if e.rec.attempt() != a.attempt || !e.rec.is_terminal() || !matches!(e.job, Job::Idle) {
+            if e.rec.attempt() != a.attempt || !e.rec.is_terminal() {
                 continue;
             }
-            if let Err(err) = self.store.stage_delete(&a.task_id) {
-                error!(task_id = %a.task_id, error = %err, "cannot drop a released task record");
-                continue;
+            match e.job {
+                Job::Idle => {}
+                // Its container is the record's: dropped when the job ends.
+                Job::Starting { .. } if e.start_overtaken => {
+                    e.release_held = true;
+                    continue;
+                }
+                _ => continue,
             }
-            self.forget_entry(&a.task_id);
-            dropped += 1;
+            if self.drop_released(&a.task_id) {
+                dropped += 1;
+            }
         }
         debug!(dropped, "released task records dropped");
+    }
+
+    /// Drops the record of an attempt the manager released; whether it could.
+    pub(super) fn drop_released(&mut self, task_id: &str) -> bool {
+        if let Err(err) = self.store.stage_delete(task_id) {
+            error!(task_id = %task_id, error = %err, "cannot drop a released task record");
+            return false;
+        }
+        self.forget_entry(task_id);
+        true
     }
 
     async fn on_assignment(&mut self, a: pb::Assignment, from_desired_set: bool) {
@@ -272,6 +288,9 @@ impl Reconciler {
         let (cancel, cancel_rx) = watch::channel(false);
         e.job = Job::Starting { cancel };
         e.pending_exit = None;
+        e.started_seen = None;
+        e.start_overtaken = false;
+        e.release_held = false;
         let rt = Arc::clone(&self.rt);
         let node_id = self.node_id.clone();
         let progress = self.internal_tx.clone();

@@ -136,7 +136,18 @@ struct Exit {
 struct Entry {
     rec: TaskRecord,
     job: Job,
+    /// An exit seen while the start job ran with a stop requested: applied
+    /// once the job's result is in (the stop decides how it is reported).
     pending_exit: Option<Exit>,
+    /// When the engine said the container started while its start job was
+    /// still running.
+    started_seen: Option<prost_types::Timestamp>,
+    /// The container's start and exit were reported before its start job
+    /// ended: the job's result only ends the job.
+    start_overtaken: bool,
+    /// A Release that came while an overtaken start job still ran: the
+    /// record is dropped when the job ends.
+    release_held: bool,
     /// Was terminal when the last full sync was taken, so the manager has it.
     synced_terminal: bool,
     /// Reconciler generation of the last change, to spot stale listings.
@@ -149,6 +160,9 @@ impl Entry {
             rec,
             job: Job::Idle,
             pending_exit: None,
+            started_seen: None,
+            start_overtaken: false,
+            release_held: false,
             synced_terminal: false,
             generation,
         }

@@ -8,7 +8,7 @@ use tracing::{debug, info, warn};
 use super::report::Report;
 use super::work::{self, JobResult, ListPurpose, Listing, StartOutcome};
 use super::{Exit, Internal, Job, Reconciler};
-use crate::runtime::{ContainerInfo, EventKind, RuntimeEvent};
+use crate::runtime::{ContainerInfo, ContainerStatus, EventKind, RuntimeEvent};
 
 impl Reconciler {
     pub(super) async fn on_internal(&mut self, msg: Internal) {
@@ -53,6 +53,9 @@ impl Reconciler {
         }
         match ev.kind {
             EventKind::Started => {
+                if matches!(e.job, Job::Starting { .. }) {
+                    e.started_seen = Some(ev.at);
+                }
                 // Started outside a start job (e.g. replayed after a restart): adopt it.
                 let adopt = matches!(e.job, Job::Idle)
                     && !e.rec.stop_requested
@@ -72,7 +75,30 @@ impl Reconciler {
                     at: Some(ev.at),
                 };
                 match e.job {
-                    // Applied once the start result is in, so RUNNING comes first.
+                    // The engine saw it start and end: both are reported now,
+                    // not after the start job's last call (an inspect that
+                    // waits behind every other request to a busy engine).
+                    Job::Starting { .. } if !e.rec.stop_requested => {
+                        e.start_overtaken = true;
+                        let was_running = e.rec.state() == TaskState::Running;
+                        let started = ContainerInfo {
+                            id: ev.container_id.clone(),
+                            task_id: ev.task_id.clone(),
+                            attempt: ev.attempt,
+                            status: ContainerStatus::Running,
+                            exit_code: None,
+                            oom_killed: false,
+                            ports: Vec::new(),
+                            started_at: Some(e.started_seen.take().unwrap_or(ev.at)),
+                            finished_at: None,
+                        };
+                        if !was_running {
+                            let r = Report::new(TaskState::Running, "started").container(&started);
+                            self.report(&ev.task_id, r).await;
+                        }
+                        self.report(&ev.task_id, Report::exited(&exit, false)).await;
+                    }
+                    // Applied once the start result is in: the stop decides.
                     Job::Starting { .. } => e.pending_exit = Some(exit),
                     // The stop job reports once the container is removed.
                     Job::Stopping => {}
@@ -108,6 +134,13 @@ impl Reconciler {
             return;
         };
         e.job = Job::Idle;
+        if std::mem::take(&mut e.start_overtaken) {
+            // Its container's start and exit went out already.
+            if std::mem::take(&mut e.release_held) {
+                self.drop_released(task_id);
+            }
+            return;
+        }
         let stop_requested = e.rec.stop_requested;
         let pending_exit = e.pending_exit.take();
         match outcome {

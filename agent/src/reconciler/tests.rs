@@ -376,6 +376,45 @@ async fn desired_set_stops_unlisted_tasks_and_forgets_synced_terminal_ones() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_exit_does_not_wait_for_the_start_call_to_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    rt.exit_at_once(3);
+    rt.set_start_return_delay(Duration::from_secs(30));
+    let mut h = Harness::start(&rt, dir.path());
+    let t0 = tokio::time::Instant::now();
+    h.send(Input::Assignment(Box::new(assignment("t1", 1))))
+        .await;
+    h.expect("t1", TaskState::Scheduled).await;
+    let running = h.expect("t1", TaskState::Running).await;
+    let failed = h.expect("t1", TaskState::Failed).await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "reported only when the start call returned"
+    );
+    assert!(!running.container_id.is_empty());
+    assert_eq!(failed.container_id, running.container_id);
+    assert_eq!(failed.exit_code, Some(3));
+    assert!(running.started_at.is_some());
+    // Released while the start call is still out: the record goes only
+    // when the job ends, and the container stays for its logs.
+    h.send(Input::Release(pb::Release {
+        attempts: vec![pb::ReleasedAttempt {
+            task_id: "t1".into(),
+            attempt: 1,
+        }],
+    }))
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(h.record("t1").is_some(), "dropped while its start job ran");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(h.record("t1").is_none(), "the held release was not applied");
+    assert!(rt.container(&running.container_id).is_some());
+    h.expect_quiet().await;
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_container_exiting_at_once_reports_running_then_its_exit() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();

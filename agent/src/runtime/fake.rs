@@ -36,6 +36,7 @@ struct State {
     pull_error: Option<RuntimeError>,
     pull_delay: Duration,
     exit_at_once: Option<i32>,
+    start_return_delay: Duration,
 }
 
 type EventQueue = Arc<tokio::sync::Mutex<mpsc::Receiver<Result<RuntimeEvent, RuntimeError>>>>;
@@ -86,6 +87,13 @@ impl FakeRuntime {
     /// start call returns (their die event is already queued).
     pub fn exit_at_once(&self, code: i32) {
         self.st().exit_at_once = Some(code);
+    }
+
+    /// The start call returns `d` after the container started (as Docker's
+    /// does when the inspect that follows the start waits behind other
+    /// requests).
+    pub fn set_start_return_delay(&self, d: Duration) {
+        self.st().start_return_delay = d;
     }
 
     /// Every create fails with `e` until [`Self::heal`].
@@ -316,6 +324,10 @@ impl Runtime for FakeRuntime {
         let exit_at_once = self.st().exit_at_once;
         if let Some(code) = exit_at_once {
             self.exit(&id, code, false).await;
+        }
+        let delay = self.st().start_return_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
         Ok(info)
     }
