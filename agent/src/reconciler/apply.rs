@@ -46,7 +46,7 @@ impl Reconciler {
             match e.job {
                 Job::Idle => {}
                 // Its container is the record's: dropped when the job ends.
-                Job::Starting { .. } if e.start_overtaken => {
+                Job::Starting { .. } if e.start_overtaken() => {
                     e.release_held = true;
                     continue;
                 }
@@ -289,7 +289,6 @@ impl Reconciler {
         e.job = Job::Starting { cancel };
         e.pending_exit = None;
         e.started_seen = None;
-        e.start_overtaken = false;
         e.release_held = false;
         let rt = Arc::clone(&self.rt);
         let node_id = self.node_id.clone();

@@ -142,11 +142,8 @@ struct Entry {
     /// When the engine said the container started while its start job was
     /// still running.
     started_seen: Option<prost_types::Timestamp>,
-    /// The container's start and exit were reported before its start job
-    /// ended: the job's result only ends the job.
-    start_overtaken: bool,
-    /// A Release that came while an overtaken start job still ran: the
-    /// record is dropped when the job ends.
+    /// A Release that came while an overtaken start job still ran (see
+    /// [`Entry::start_overtaken`]): the record is dropped when the job ends.
     release_held: bool,
     /// Was terminal when the last full sync was taken, so the manager has it.
     synced_terminal: bool,
@@ -161,11 +158,17 @@ impl Entry {
             job: Job::Idle,
             pending_exit: None,
             started_seen: None,
-            start_overtaken: false,
             release_held: false,
             synced_terminal: false,
             generation,
         }
+    }
+
+    /// Whether the container's start and exit were reported while its start
+    /// job still runs (the only way a record ends during a start): the
+    /// job's result then only ends the job.
+    fn start_overtaken(&self) -> bool {
+        matches!(self.job, Job::Starting { .. }) && self.rec.is_terminal()
     }
 }
 

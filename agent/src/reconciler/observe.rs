@@ -79,7 +79,6 @@ impl Reconciler {
                     // not after the start job's last call (an inspect that
                     // waits behind every other request to a busy engine).
                     Job::Starting { .. } if !e.rec.stop_requested => {
-                        e.start_overtaken = true;
                         let was_running = e.rec.state() == TaskState::Running;
                         let started = ContainerInfo {
                             id: ev.container_id.clone(),
@@ -133,8 +132,9 @@ impl Reconciler {
         let Some(e) = self.tasks.get_mut(task_id) else {
             return;
         };
+        let overtaken = e.start_overtaken();
         e.job = Job::Idle;
-        if std::mem::take(&mut e.start_overtaken) {
+        if overtaken {
             // Its container's start and exit went out already.
             if std::mem::take(&mut e.release_held) {
                 self.drop_released(task_id);
