@@ -366,8 +366,7 @@ impl State {
         if let Some(slot) = self.tasks.remove(id) {
             if let Slot::Live(e) = &slot {
                 if state_machine::is_active_on_node(e.state()) {
-                    let r = reservation_of(e);
-                    self.release(r);
+                    self.release(reservation_of(e));
                 }
             }
             self.count(slot.state(), -1);
