@@ -190,8 +190,8 @@ async fn direct_burst(
     Ok(elapsed)
 }
 
-/// Rounds of `n` `true` tasks through minkube, then the same `n` containers
-/// run directly. The engine's own pace drifts from minute to minute on a
+/// Rounds of `n` `true` tasks through minkube and the same `n` containers
+/// run directly, the two taking turns at going first. The engine's own pace drifts from minute to minute on a
 /// shared machine (the same build measured 0.97 and 1.17 in one pair of
 /// single-round runs), so the check is on the median round.
 pub async fn real_docker(ctx: &Ctx) -> anyhow::Result<Section> {
@@ -204,9 +204,10 @@ pub async fn real_docker(ctx: &Ctx) -> anyhow::Result<Section> {
         "minkube-bench docker",
         format!(
             "{rounds} rounds of: {n} tasks running `true` in a local busybox image, all submitted \
-             at once, one real agent; then the same {n} containers run directly through the \
+             at once, one real agent, and the same {n} containers run directly through the \
              Docker API (create, start, wait) all at once, as the agent does (it does not cap \
-             parallel starts), and removed. The check is on the median round. Then 10 \
+             parallel starts), and removed; minkube goes first in the odd rounds, direct in the \
+             even ones. The check is on the median round. Then 10 \
              tasks running `sleep 2`, submitted 300 ms apart, for the exit latency of tasks that \
              end one by one."
         ),
@@ -229,9 +230,21 @@ pub async fn real_docker(ctx: &Ctx) -> anyhow::Result<Section> {
         let mut results = Vec::new();
         let mut burst_exits = Vec::new();
         for round in 0..rounds {
+            // Each side goes first in every other round: the engine's pace
+            // drifts within a round too (the second of a pair often ran
+            // faster, round after round), and a fixed order would lend that
+            // drift to one side.
+            let direct_first = round % 2 == 1;
+            let mut direct = None;
+            if direct_first {
+                direct = Some(direct_burst(&docker, &tag, &run, round, n).await?);
+            }
             let (minkube, exits) = minkube_burst(&manager.addr(), &tag, &run, round, n).await?;
             burst_exits.extend(exits);
-            let direct = direct_burst(&docker, &tag, &run, round, n).await?;
+            let direct = match direct {
+                Some(d) => d,
+                None => direct_burst(&docker, &tag, &run, round, n).await?,
+            };
             results.push((minkube, direct));
         }
         let burst_exits = Latencies::new(burst_exits);
