@@ -29,11 +29,14 @@ enum Slot {
 /// Consumes the mutations: tasks and events move into the changes (a first
 /// pass over borrowed ids plans where each goes, a second moves them).
 pub fn changes_from(mutations: Vec<Mutation>) -> Vec<pb::TaskChange> {
-    let mut changes: Vec<pb::TaskChange> = Vec::new();
-    let mut slots = vec![Slot::Unused; mutations.len()];
+    // Sized once: at most one change per mutation (a task and its event
+    // make one), so none of these grows while the plan is made.
+    let n = mutations.len();
+    let mut changes: Vec<pb::TaskChange> = Vec::with_capacity(n);
+    let mut slots = vec![Slot::Unused; n];
     {
-        let mut last: HashMap<&str, usize> = HashMap::new();
-        let mut has_event: Vec<bool> = Vec::new();
+        let mut last: HashMap<&str, usize> = HashMap::with_capacity(n);
+        let mut has_event: Vec<bool> = Vec::with_capacity(n);
         let mut i = 0;
         while i < mutations.len() {
             match &mutations[i] {
