@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use procfs::Current;
 
@@ -184,6 +184,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     } else {
         args.scenarios
     };
+    let limit = scenarios::SCENARIO_LIMIT;
     let mut sections = Vec::new();
     for sc in chosen {
         let name = sc
@@ -194,28 +195,28 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         quiet_disk(&ctx.work);
         let sec = match sc {
             Scenario::Throughput => {
-                scenarios::guarded(&name, &cmd, scenarios::fleet::throughput(&ctx)).await
+                scenarios::guarded(&name, &cmd, limit, scenarios::fleet::throughput(&ctx)).await
             }
             Scenario::OfferedLoad => {
-                scenarios::guarded(&name, &cmd, scenarios::fleet::offered_load(&ctx)).await
+                scenarios::guarded(&name, &cmd, limit, scenarios::fleet::offered_load(&ctx)).await
             }
             Scenario::Backlog => {
-                scenarios::guarded(&name, &cmd, scenarios::fleet::backlog(&ctx)).await
+                scenarios::guarded(&name, &cmd, limit, scenarios::fleet::backlog(&ctx)).await
             }
             Scenario::CreateLoad => {
-                scenarios::guarded(&name, &cmd, scenarios::api::create_load(&ctx)).await
+                scenarios::guarded(&name, &cmd, limit, scenarios::api::create_load(&ctx)).await
             }
             Scenario::Storage => {
-                scenarios::guarded(&name, &cmd, scenarios::api::storage(&ctx)).await
+                scenarios::guarded(&name, &cmd, limit, scenarios::api::storage(&ctx)).await
             }
             Scenario::IdleAgents => {
-                scenarios::guarded(&name, &cmd, scenarios::fleet::idle_agents(&ctx)).await
+                scenarios::guarded(&name, &cmd, limit, scenarios::fleet::idle_agents(&ctx)).await
             }
             Scenario::AgentIdle => {
-                scenarios::guarded(&name, &cmd, scenarios::docker::agent_idle(&ctx)).await
+                scenarios::guarded(&name, &cmd, limit, scenarios::docker::agent_idle(&ctx)).await
             }
             Scenario::Docker => {
-                scenarios::guarded(&name, &cmd, scenarios::docker::real_docker(&ctx)).await
+                scenarios::guarded(&name, &cmd, limit, scenarios::docker::real_docker(&ctx)).await
             }
         };
         sections.push(sec);
@@ -244,6 +245,21 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     Ok(failed.is_empty())
 }
 
+/// Runs `f` until it ends or the bench is told to stop (SIGINT, SIGTERM).
+/// On a signal `f` is dropped, which stops every process it started (the
+/// manager and agents stop on drop), so none is left behind.
+async fn until_stopped(
+    f: impl std::future::Future<Output = anyhow::Result<bool>>,
+) -> anyhow::Result<bool> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
+    tokio::select! {
+        r = f => r,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted; the processes this run started are stopped"),
+        _ = term.recv() => bail!("terminated; the processes this run started are stopped"),
+    }
+}
+
 /// mimalloc instead of glibc malloc: many small, short-lived allocations
 /// per message, from several threads.
 #[global_allocator]
@@ -253,7 +269,7 @@ fn main() {
     let args = Args::parse();
     let result = minkube_common::runtime::multi_thread("minkube-bench")
         .context("cannot start the async runtime")
-        .and_then(|rt| rt.block_on(run(args)));
+        .and_then(|rt| rt.block_on(until_stopped(run(args))));
     match result {
         Ok(true) => {}
         Ok(false) => std::process::exit(1),

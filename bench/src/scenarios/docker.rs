@@ -24,6 +24,11 @@ use crate::watcher::Watcher;
 
 /// Label on everything this bench run makes in Docker.
 const RUN_LABEL: &str = "minkube-bench.run";
+/// How long one burst of 100 containers may take, either way (~20 s on a
+/// slow 2-core VM).
+const BURST_LIMIT: Duration = Duration::from_secs(120);
+/// How long the clean-up may take: a wedged engine does not answer.
+const CLEAN_LIMIT: Duration = Duration::from_secs(60);
 
 /// A real `minkube-agent` process; stopped (SIGTERM) on drop.
 struct Agent(Child);
@@ -87,8 +92,22 @@ fn build_image(repo: &Path, tag: &str, run: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removes the containers and the image of this run, and nothing else.
+/// Removes the containers and the image of this run, and nothing else;
+/// gives up with a warning after [`CLEAN_LIMIT`].
 async fn clean(docker: &Docker, run: &str, tag: &str) {
+    if tokio::time::timeout(CLEAN_LIMIT, clean_now(docker, run, tag))
+        .await
+        .is_err()
+    {
+        eprintln!(
+            "warning: the engine did not remove this run's containers and image within {} s; \
+             they carry the label {RUN_LABEL}={run}",
+            CLEAN_LIMIT.as_secs()
+        );
+    }
+}
+
+async fn clean_now(docker: &Docker, run: &str, tag: &str) {
     let filters: HashMap<String, Vec<String>> =
         [("label".to_string(), vec![format!("{RUN_LABEL}={run}")])].into();
     let opts = ListContainersOptionsBuilder::default()
@@ -151,9 +170,7 @@ async fn minkube_burst(
         load.first_error.clone().unwrap_or_default()
     );
     watcher
-        .wait(Duration::from_secs(120), "every task finished", |p| {
-            p.finished >= n
-        })
+        .wait(BURST_LIMIT, "every task finished", |p| p.finished >= n)
         .await?;
     let seen = watcher.finish().await?;
     let first = load.ok.iter().map(|s| s.sent).min().context("no task")?;
@@ -177,8 +194,21 @@ async fn direct_burst(
 ) -> anyhow::Result<Duration> {
     let t = Instant::now();
     let runs = (0..n).map(|i| direct_run(docker, image, run, format!("{round}-{i}")));
+    // As long as minkube's side is given. An engine can wedge a start
+    // (seen: `runc create` hung, and every later call on that container
+    // with it); the bench then says so instead of waiting for ever.
+    let results = tokio::time::timeout(BURST_LIMIT, futures::future::join_all(runs))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the engine did not finish {n} direct runs within {} s: some are stuck \
+                 starting or exiting (`docker ps --filter label={RUN_LABEL}={run}` lists them; \
+                 a wedged engine needs a restart)",
+                BURST_LIMIT.as_secs()
+            )
+        })?;
     let mut ids = Vec::new();
-    for r in futures::future::join_all(runs).await {
+    for r in results {
         ids.push(r.context("direct run")?);
     }
     let elapsed = t.elapsed();

@@ -46,15 +46,28 @@ impl Ctx {
     }
 }
 
-/// Runs a scenario; a failure becomes the section's error instead of
-/// ending the whole run.
+/// How long one scenario may take before it is given up (the longest, a
+/// million stored tasks or the real-Docker rounds, take a few minutes on a
+/// slow 2-core machine). Its processes are stopped when it is dropped.
+pub const SCENARIO_LIMIT: Duration = Duration::from_secs(20 * 60);
+
+/// Runs a scenario for at most `limit`; a failure or a scenario still
+/// running at the limit becomes the section's error instead of ending (or
+/// hanging) the whole run.
 pub async fn guarded(
     title: &str,
     command: &str,
+    limit: Duration,
     f: impl std::future::Future<Output = anyhow::Result<Section>>,
 ) -> Section {
     println!("\n== {title} ==");
-    match f.await {
+    let result = tokio::time::timeout(limit, f).await.unwrap_or_else(|_| {
+        Err(anyhow::anyhow!(
+            "did not finish within {} s; given up, and the processes it started stopped",
+            limit.as_secs()
+        ))
+    });
+    match result {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("{e:#}");
@@ -131,4 +144,25 @@ pub fn join(submitted: &[Submitted], seen: &std::collections::HashMap<String, Se
 /// Time allowed for the watcher to see everything after the last submit.
 pub fn settle_time(tasks: usize) -> Duration {
     Duration::from_secs(60) + Duration::from_millis(tasks as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_scenario_that_hangs_is_given_up_at_its_limit() {
+        let limit = Duration::from_secs(60);
+        let hung = std::future::pending::<anyhow::Result<Section>>();
+        let sec = guarded("docker", "minkube-bench docker", limit, hung).await;
+        let err = sec.error.unwrap_or_default();
+        assert!(err.contains("did not finish within 60 s"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_scenario_that_ends_in_time_keeps_its_figures() {
+        let quick = async { Ok(Section::new("docker", "minkube-bench docker", "")) };
+        let sec = guarded("docker", "cmd", Duration::from_secs(60), quick).await;
+        assert!(sec.error.is_none());
+    }
 }
