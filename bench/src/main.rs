@@ -252,11 +252,12 @@ async fn until_stopped(
     f: impl std::future::Future<Output = anyhow::Result<bool>>,
 ) -> anyhow::Result<bool> {
     use tokio::signal::unix::{signal, SignalKind};
+    const STOPPED: &str = "the processes this run started are stopped";
     let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
     tokio::select! {
         r = f => r,
-        _ = tokio::signal::ctrl_c() => bail!("interrupted; the processes this run started are stopped"),
-        _ = term.recv() => bail!("terminated; the processes this run started are stopped"),
+        _ = tokio::signal::ctrl_c() => bail!("interrupted; {STOPPED}"),
+        _ = term.recv() => bail!("terminated; {STOPPED}"),
     }
 }
 

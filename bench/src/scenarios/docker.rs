@@ -221,9 +221,10 @@ async fn direct_burst(
 }
 
 /// Rounds of `n` `true` tasks through minkube and the same `n` containers
-/// run directly, the two taking turns at going first. The engine's own pace drifts from minute to minute on a
-/// shared machine (the same build measured 0.97 and 1.17 in one pair of
-/// single-round runs), so the check is on the median round.
+/// run directly, the two taking turns at going first. The engine's own
+/// pace drifts from minute to minute on a shared machine (the same build
+/// measured 0.97 and 1.17 in one pair of single-round runs), so the check
+/// is on the median round.
 pub async fn real_docker(ctx: &Ctx) -> anyhow::Result<Section> {
     let n = 100;
     let rounds = ctx.size(3, 1);
