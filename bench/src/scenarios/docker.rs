@@ -29,6 +29,15 @@ const RUN_LABEL: &str = "minkube-bench.run";
 const BURST_LIMIT: Duration = Duration::from_secs(120);
 /// How long the clean-up may take: a wedged engine does not answer.
 const CLEAN_LIMIT: Duration = Duration::from_secs(60);
+/// How long building the test image may take.
+const BUILD_LIMIT: Duration = Duration::from_secs(120);
+/// How long the rounds may take: they are given up early enough for the
+/// clean-up to run inside the scenario's own limit, so that a run given up
+/// still removes its containers.
+const ROUNDS_LIMIT: Duration = super::SCENARIO_LIMIT
+    .saturating_sub(BUILD_LIMIT)
+    .saturating_sub(CLEAN_LIMIT)
+    .saturating_sub(CLEAN_LIMIT);
 
 /// A real `minkube-agent` process; stopped (SIGTERM) on drop.
 struct Agent(Child);
@@ -75,13 +84,24 @@ impl Drop for Agent {
     }
 }
 
-/// Builds the busybox test image, labelled with this run.
-fn build_image(repo: &Path, tag: &str, run: &str) -> anyhow::Result<()> {
-    let out = Command::new("bash")
+/// Builds the busybox test image, labelled with this run; the build is
+/// stopped after [`BUILD_LIMIT`] (a wedged engine does not answer).
+async fn build_image(repo: &Path, tag: &str, run: &str) -> anyhow::Result<()> {
+    let build = tokio::process::Command::new("bash")
         .arg(repo.join("scripts/test-image.sh"))
         .arg(tag)
         .arg(format!("{RUN_LABEL}={run}"))
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(BUILD_LIMIT, build)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "building the test image did not finish within {} s: is the Docker engine \
+                 answering (`docker info`)?",
+                BUILD_LIMIT.as_secs()
+            )
+        })?
         .context("cannot run scripts/test-image.sh")?;
     if !out.status.success() {
         bail!(
@@ -124,6 +144,20 @@ async fn clean_now(docker: &Docker, run: &str, tag: &str) {
     }
     let rmi = RemoveImageOptionsBuilder::default().force(true).build();
     let _ = docker.remove_image(tag, Some(rmi), None).await;
+}
+
+/// `f`, or an error once `limit` has passed (`f` is then dropped, which
+/// stops the processes it started).
+async fn within<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(limit, f).await.unwrap_or_else(|_| {
+        Err(anyhow::anyhow!(
+            "the rounds did not finish within {} s; given up, and the run's containers removed",
+            limit.as_secs()
+        ))
+    })
 }
 
 /// One direct run: create, start, wait for the exit (what `docker run` does).
@@ -244,8 +278,13 @@ pub async fn real_docker(ctx: &Ctx) -> anyhow::Result<Section> {
         ),
     );
     let docker = Docker::connect_with_defaults().context("cannot reach Docker")?;
-    build_image(&ctx.repo, &tag, &run)?;
-    let result = async {
+    let built = build_image(&ctx.repo, &tag, &run).await;
+    if built.is_err() {
+        // The build may have got as far as tagging the image.
+        clean(&docker, &run, &tag).await;
+    }
+    built?;
+    let rounds_run = async {
         let dir = ctx.dir("docker")?;
         let mut manager = Manager::start(&ctx.bin_dir, &dir.join("data"), &dir, &[]).await?;
         let _agent = Agent::start(
@@ -302,8 +341,8 @@ pub async fn real_docker(ctx: &Ctx) -> anyhow::Result<Section> {
         let exits = Latencies::new(seen.values().filter_map(|s| s.exit_to_watcher).collect());
         manager.stop()?;
         anyhow::Ok((results, burst_exits, exits))
-    }
-    .await;
+    };
+    let result = within(ROUNDS_LIMIT, rounds_run).await;
     clean(&docker, &run, &tag).await;
     let (results, burst_exits, exits) = result?;
     let secs = |d: Duration| format!("{:.2} s", d.as_secs_f64());
@@ -393,4 +432,31 @@ pub async fn agent_idle(ctx: &Ctx) -> anyhow::Result<Section> {
     drop(agent);
     manager.stop()?;
     Ok(sec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn rounds_that_hang_are_given_up_in_time_to_clean_up() {
+        let start = tokio::time::Instant::now();
+        let hung = std::future::pending::<anyhow::Result<()>>();
+        let err = match within(ROUNDS_LIMIT, hung).await {
+            Ok(()) => panic!("a hung future cannot finish"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("containers removed"), "{err}");
+        // The build before, and the clean-up after, still fit in the
+        // scenario's limit, so the run's own timeout never cuts them off.
+        let used = start.elapsed() + BUILD_LIMIT + CLEAN_LIMIT;
+        assert!(used < super::super::SCENARIO_LIMIT, "{used:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rounds_that_end_in_time_keep_their_result() {
+        let quick = async { anyhow::Ok(7) };
+        let got = within(ROUNDS_LIMIT, quick).await;
+        assert_eq!(got.ok(), Some(7));
+    }
 }
