@@ -2,28 +2,16 @@
 use std::future::Future;
 
 use anyhow::Context;
-use tokio::signal::unix::{signal, SignalKind};
+use minkube_common::signals::StopSignals;
 use tracing::{info, warn};
 
 /// Completes on the first SIGTERM/SIGINT; a second one exits at once.
 fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let mut signals = StopSignals::install()?;
     Ok(async move {
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM received"),
-            _ = int.recv() => info!("SIGINT received"),
-        }
-        info!("shutting down; containers keep running (signal again to exit at once)");
-        // Lives until the process exits, so that a second signal still works.
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            warn!("second signal: exiting now");
-            std::process::exit(130);
-        });
+        let first = signals.recv().await;
+        info!(signal = %first, "shutting down; containers keep running (signal again to exit at once)");
+        signals.exit_on_next();
     })
 }
 

@@ -251,13 +251,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
 async fn until_stopped(
     f: impl std::future::Future<Output = anyhow::Result<bool>>,
 ) -> anyhow::Result<bool> {
-    use tokio::signal::unix::{signal, SignalKind};
-    const STOPPED: &str = "the processes this run started are stopped";
-    let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
+    use minkube_common::signals::StopSignals;
+    let mut signals = StopSignals::install().context("cannot watch for SIGINT and SIGTERM")?;
     tokio::select! {
         r = f => r,
-        _ = tokio::signal::ctrl_c() => bail!("interrupted; {STOPPED}"),
-        _ = term.recv() => bail!("terminated; {STOPPED}"),
+        s = signals.recv() => bail!("{s} received; the processes this run started are stopped"),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod paging;
 pub mod retry;
 pub mod runtime;
 pub mod sd_notify;
+pub mod signals;
 pub mod state_machine;
 pub mod telemetry;
 pub mod tls;

@@ -1,8 +1,8 @@
 //! minkube-manager binary: parse flags, start, serve until SIGTERM/SIGINT.
 use minkube_common::config_file::ConfigCommand;
+use minkube_common::signals::StopSignals;
 use minkube_manager::config::Command;
 use minkube_manager::{Args, Manager};
-use tokio::signal::unix::{signal, SignalKind};
 
 /// mimalloc instead of glibc malloc: many small, short-lived allocations
 /// per message, from several threads.
@@ -43,8 +43,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let mut signals = StopSignals::install()?;
     let metrics = match minkube_common::admin::install_metrics() {
         Ok(h) => Some(h),
         Err(e) => {
@@ -61,24 +60,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("minkube-manager listening on {addr}");
         tracing::info!(%addr, "serving");
     }
-    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        let _ = first_tx.send(());
-        // A second signal means: stop now.
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::warn!("second signal: exiting immediately");
-        std::process::exit(130);
-    });
     manager
         .serve(metrics, async move {
-            let _ = first_rx.await;
+            let first = signals.recv().await;
+            tracing::info!(signal = %first, "shutting down (signal again to exit at once)");
+            signals.exit_on_next();
         })
         .await?;
     Ok(())
