@@ -5,6 +5,7 @@
 mod hollow;
 mod load;
 mod manager;
+mod process;
 mod procstat;
 mod report;
 mod scenarios;

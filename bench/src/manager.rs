@@ -200,22 +200,7 @@ impl Manager {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
-        if child.try_wait()?.is_some() {
-            return Ok(());
-        }
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child.kill()?;
-        child.wait()?;
+        crate::process::stop(&mut child, Duration::from_secs(30))?;
         Ok(())
     }
 

@@ -76,11 +76,9 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let _ = self.0.wait();
+        // The agent leaves containers running and stops within seconds;
+        // the bound is for one stuck on a wedged engine.
+        let _ = crate::process::stop(&mut self.0, Duration::from_secs(30));
     }
 }
 
