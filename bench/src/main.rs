@@ -79,6 +79,38 @@ fn command_output(cmd: &str, args: &[&str]) -> String {
 }
 
 /// What the figures were measured on.
+/// What was measured: the commit of this tree (which `make bench` builds
+/// the binaries from right before), or the directory given.
+fn source(repo: &std::path::Path, bin_dir: Option<&std::path::Path>) -> String {
+    if let Some(dir) = bin_dir {
+        return format!("binaries in {} (`--bin-dir`)", dir.display());
+    }
+    let repo = repo.to_string_lossy();
+    let commit = command_output("git", &["-C", &repo, "rev-parse", "--short", "HEAD"]);
+    // The results file itself is rewritten by every run.
+    let changes = command_output(
+        "git",
+        &[
+            "-C",
+            &repo,
+            "status",
+            "--porcelain",
+            "--",
+            ".",
+            ":!bench/results.md",
+        ],
+    );
+    source_line(&commit, &changes)
+}
+
+fn source_line(commit: &str, changes: &str) -> String {
+    match (commit, changes.is_empty()) {
+        ("unknown", _) => "unknown (not a git checkout)".into(),
+        (c, true) => format!("commit {c}"),
+        (c, false) => format!("commit {c} with uncommitted changes"),
+    }
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -101,7 +133,7 @@ fn machine() -> String {
     )
 }
 
-fn markdown(sections: &[Section], argv: &str, quick: bool) -> String {
+fn markdown(sections: &[Section], argv: &str, quick: bool, source: &str) -> String {
     let mut s = String::from("# minkube benchmark results\n\n");
     s.push_str("Written by `make bench` (`minkube-bench`); every figure below was measured in that run.\n\n");
     let _ = writeln!(
@@ -118,6 +150,7 @@ fn markdown(sections: &[Section], argv: &str, quick: bool) -> String {
             ""
         }
     );
+    let _ = writeln!(s, "Source: {source}\n");
     s.push_str("Machine:\n\n");
     s.push_str(&machine());
     s.push('\n');
@@ -160,6 +193,10 @@ fn quiet_disk(work: &std::path::Path) {
 }
 
 async fn run(args: Args) -> anyhow::Result<bool> {
+    let source = source(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
+        args.bin_dir.as_deref(),
+    );
     let bin_dir = match args.bin_dir {
         Some(d) => d,
         None => std::env::current_exe()?
@@ -239,8 +276,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     );
     if let Some(out) = args.out {
         let argv: Vec<String> = std::env::args().collect();
-        std::fs::write(&out, markdown(&sections, &argv.join(" "), args.quick))
-            .with_context(|| format!("cannot write {}", out.display()))?;
+        std::fs::write(
+            &out,
+            markdown(&sections, &argv.join(" "), args.quick, &source),
+        )
+        .with_context(|| format!("cannot write {}", out.display()))?;
         println!("results written to {}", out.display());
     }
     Ok(failed.is_empty())
@@ -277,5 +317,29 @@ fn main() {
             eprintln!("error: {e:#}");
             std::process::exit(2);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_source_line_names_the_commit_and_says_when_the_tree_differs() {
+        assert_eq!(source_line("2d7f122", ""), "commit 2d7f122");
+        assert_eq!(
+            source_line("2d7f122", " M manager/src/api.rs"),
+            "commit 2d7f122 with uncommitted changes"
+        );
+        assert_eq!(source_line("unknown", ""), "unknown (not a git checkout)");
+    }
+
+    #[test]
+    fn binaries_given_by_directory_are_named_as_such() {
+        let s = source(
+            std::path::Path::new("."),
+            Some(std::path::Path::new("/tmp/b")),
+        );
+        assert_eq!(s, "binaries in /tmp/b (`--bin-dir`)");
     }
 }
