@@ -272,7 +272,11 @@ fn read_events(
     for item in events.range((task_id, 0)..=(task_id, u32::MAX))? {
         let (k, v) = item?;
         let (_, index) = k.value();
-        let event = decode::<pb::TaskEvent>(&format!("events/{task_id}/{index}"), v.value())
+        let event = super::event_record::decode(task_id, v.value())
+            .map_err(|e| StoreError::Corrupt {
+                key: format!("events/{task_id}/{index}"),
+                message: e.to_string(),
+            })
             .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
         out.push(event);
     }
@@ -399,6 +403,37 @@ mod tests {
             .collect();
         assert_eq!(ids, [("done", 0), ("live", 1)]);
         assert_eq!(s.task_events("done").unwrap()[0].reason, "accepted");
+    }
+
+    #[test]
+    fn events_read_with_their_task_id_whether_stored_with_it_or_without() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BTree::open(dir.path()).unwrap();
+        // Index 0 as this version stores it (without the task id), index 1
+        // as earlier versions did (whole).
+        apply(
+            &s,
+            &[Mutation::PutEvent {
+                task_id: "t1".into(),
+                index: 0,
+                event: Box::new(event("t1", "accepted")),
+            }],
+            None,
+        );
+        let whole = event("t1", "started").encode_to_vec();
+        s.apply(
+            &[Op::PutEvent {
+                task_id: "t1",
+                index: 1,
+                event: &whole,
+            }],
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            s.task_events("t1").unwrap(),
+            [event("t1", "accepted"), event("t1", "started")]
+        );
     }
 
     #[test]

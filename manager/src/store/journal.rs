@@ -145,7 +145,7 @@ fn keyed(tag: u32, key: &str, msg: &impl Message, buf: &mut Vec<u8>) {
 }
 
 /// Appends `m` as one entry (field 1 of the payload).
-fn encode_entry(m: &Mutation, entry: &mut Vec<u8>, buf: &mut Vec<u8>) {
+fn encode_entry(m: &Mutation, entry: &mut Vec<u8>, event_buf: &mut Vec<u8>, buf: &mut Vec<u8>) {
     entry.clear();
     match m {
         Mutation::PutTask(t) => {
@@ -158,17 +158,19 @@ fn encode_entry(m: &Mutation, entry: &mut Vec<u8>, buf: &mut Vec<u8>) {
             index,
             event,
         } => {
-            let len = event.encoded_len();
+            // Without its task id: the entry's key holds it.
+            event_buf.clear();
+            super::event_record::encode(event, event_buf);
             encode_key(PUT_EVENT, WireType::LengthDelimited, entry);
             encode_varint(
                 (field_len(1, task_id.len())
                     + encoding::uint32::encoded_len(2, index)
-                    + field_len(3, len)) as u64,
+                    + field_len(3, event_buf.len())) as u64,
                 entry,
             );
             put_bytes(1, task_id.as_bytes(), entry);
             encoding::uint32::encode(2, index, entry);
-            put_message(3, len, event.as_ref(), entry);
+            put_bytes(3, event_buf, entry);
         }
         Mutation::PutNode(n) => keyed(PUT_NODE, &n.id, n.as_ref(), entry),
         Mutation::PutToken(t) => keyed(PUT_TOKEN, &t.name, t.as_ref(), entry),
@@ -189,8 +191,9 @@ fn encode_entry(m: &Mutation, entry: &mut Vec<u8>, buf: &mut Vec<u8>) {
 /// Encodes a batch as one record payload.
 pub(super) fn encode_payload(batch: &[Mutation], buf: &mut Vec<u8>) {
     let mut entry = Vec::new();
+    let mut event = Vec::new();
     for m in batch {
-        encode_entry(m, &mut entry, buf);
+        encode_entry(m, &mut entry, &mut event, buf);
     }
 }
 

@@ -10,6 +10,7 @@ use minkube::pb;
 
 mod btree;
 pub mod committer;
+mod event_record;
 mod journal;
 mod pending;
 mod record;

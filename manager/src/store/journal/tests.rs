@@ -30,7 +30,11 @@ pub(crate) fn every_kind() -> Vec<Mutation> {
         Mutation::PutEvent {
             task_id: "t1".into(),
             index: 7,
-            event: Box::default(),
+            // Nothing but the task it belongs to (which the key holds).
+            event: Box::new(pb::TaskEvent {
+                task_id: "t1".into(),
+                ..Default::default()
+            }),
         },
         Mutation::PutNode(Box::new(pb::Node {
             id: "n1".into(),
@@ -71,7 +75,7 @@ fn owned(op: Op<'_>) -> Mutation {
         } => Mutation::PutEvent {
             task_id: task_id.into(),
             index,
-            event: Box::new(pb::TaskEvent::decode(event).unwrap()),
+            event: Box::new(crate::store::event_record::decode(task_id, event).unwrap()),
         },
         Op::PutNode { id, record } => {
             let n = pb::Node::decode(record).unwrap();
