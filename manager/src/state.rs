@@ -16,7 +16,7 @@ use crate::task_table::{Slot, TaskTable};
 mod entries;
 mod node_load;
 
-pub use entries::{NodeEntry, Session, TaskEntry};
+pub use entries::{finished_trace_context, NodeEntry, Session, TaskEntry};
 pub use node_load::Usage;
 use node_load::{NodeLoads, Reservation};
 

@@ -337,7 +337,7 @@ fn compact(node_ids: &mut HashSet<Arc<str>>, e: TaskEntry) -> Finished {
     let stored = StoredTask {
         task: Some(e.task),
         last_sequence: e.last_sequence,
-        trace_context: e.trace_context,
+        trace_context: crate::state::finished_trace_context(),
     };
     Finished {
         record: stored.encode_to_vec().into_boxed_slice(),
@@ -379,7 +379,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn finished_tasks_are_compact_and_read_back_whole_but_for_events() {
+    fn finished_tasks_are_compact_and_read_back_whole_but_for_events_and_trace() {
         let mut t = TaskTable::default();
         t.insert(entry("a", TaskState::Completed, "n1"));
         t.insert(entry("b", TaskState::Running, "n1"));
@@ -388,11 +388,12 @@ pub(crate) mod tests {
         let a = t.get("a").unwrap();
         let want = entry("a", TaskState::Completed, "n1");
         assert_eq!(a.task, want.task);
-        assert_eq!(
-            (a.last_sequence, &a.trace_context),
-            (3, &want.trace_context)
-        );
+        assert_eq!(a.last_sequence, 3);
+        // Nothing more is done for a finished task: no parent for new spans.
+        assert!(a.trace_context.is_empty() && !want.trace_context.is_empty());
         assert!(a.events.is_empty());
+        let b = t.get("b").unwrap();
+        assert_eq!(b.trace_context, want.trace_context);
         let slot = t.slot("a").unwrap();
         assert_eq!((slot.state(), slot.node_id()), (TaskState::Completed, "n1"));
         assert_eq!(

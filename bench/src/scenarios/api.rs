@@ -140,11 +140,12 @@ pub fn seed(dir: &std::path::Path, n: usize) -> anyhow::Result<()> {
             status: Some(status),
             created_at: Some(now),
             updated_at: Some(now),
-            trace_id: format!("{:032x}", i),
+            trace_id: format!("{:032x}", i + 1),
         };
         batch.push(Mutation::PutTask(Box::new(StoredTask {
             task: Some(task),
             last_sequence: 3,
+            // A finished task keeps its trace id, not its trace context.
             trace_context: Default::default(),
         })));
         for (index, (state, reason)) in [

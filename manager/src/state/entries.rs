@@ -42,12 +42,28 @@ impl TaskEntry {
     }
 
     pub(super) fn stored(&self) -> StoredTask {
+        let trace_context = if minkube_common::state_machine::is_terminal(self.state()) {
+            finished_trace_context()
+        } else {
+            self.trace_context.clone()
+        };
         StoredTask {
             task: Some(self.task.clone()),
             last_sequence: self.last_sequence,
-            trace_context: self.trace_context.clone(),
+            trace_context,
         }
     }
+}
+
+/// The trace context a finished task keeps: none. It is the parent of the
+/// spans of work still to do for the task (placement, the agent's start
+/// and stop), and a finished task gets none; its trace id stays in the
+/// task. Dropping it saves ~70 bytes per finished task in memory and on
+/// disk.
+pub fn finished_trace_context() -> Arc<HashMap<String, String>> {
+    static EMPTY: std::sync::LazyLock<Arc<HashMap<String, String>>> =
+        std::sync::LazyLock::new(Arc::default);
+    Arc::clone(&EMPTY)
 }
 
 /// The live stream to a node's agent.

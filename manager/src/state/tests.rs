@@ -127,3 +127,42 @@ fn snapshot_rebuilds_queue_and_reservations() {
     assert_eq!(active, ["b"]);
     assert_eq!(re.nodes["n1"].node.state(), pb::NodeState::Disconnected);
 }
+
+#[test]
+fn a_task_keeps_its_trace_context_until_it_finishes() {
+    let mut st = State::default();
+    let mut out = Vec::new();
+    let ctx: HashMap<String, String> = [(
+        "traceparent".to_string(),
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string(),
+    )]
+    .into();
+    st.insert_traced_task(task("t1", 10), ctx.clone(), &mut out);
+    for to in [
+        TaskState::Scheduled,
+        TaskState::Running,
+        TaskState::Completed,
+    ] {
+        st.transition("t1", to, "step", place("n1"), &mut out)
+            .unwrap();
+    }
+    let traces: Vec<_> = out
+        .iter()
+        .filter_map(|m| match m {
+            Mutation::PutTask(t) => Some((
+                t.task.as_ref().unwrap().status.as_ref().unwrap().state(),
+                t.trace_context.len(),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        traces,
+        [
+            (TaskState::Pending, 1),
+            (TaskState::Scheduled, 1),
+            (TaskState::Running, 1),
+            (TaskState::Completed, 0),
+        ]
+    );
+}
