@@ -193,10 +193,8 @@ fn quiet_disk(work: &std::path::Path) {
 }
 
 async fn run(args: Args) -> anyhow::Result<bool> {
-    let source = source(
-        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
-        args.bin_dir.as_deref(),
-    );
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let source = source(&repo, args.bin_dir.as_deref());
     let bin_dir = match args.bin_dir {
         Some(d) => d,
         None => std::env::current_exe()?
@@ -212,7 +210,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .context("cannot make the scratch directory")?;
     let ctx = Ctx {
         bin_dir,
-        repo: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
+        repo,
         work: work.path().to_path_buf(),
         quick: args.quick,
     };

@@ -29,16 +29,27 @@ pub fn stop(child: &mut Child, grace: Duration) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// Starts `script` and waits until it has printed its first line.
     fn spawn(script: &str) -> Child {
-        match Command::new("sh").args(["-c", script]).spawn() {
+        use std::io::BufRead;
+        let mut child = match Command::new("sh")
+            .args(["-c", script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+        {
             Ok(c) => c,
             Err(e) => panic!("cannot start sh: {e}"),
+        };
+        if let Some(out) = child.stdout.take() {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
         }
+        child
     }
 
     #[test]
     fn a_process_that_stops_on_sigterm_is_waited_for() {
-        let mut child = spawn("exec sleep 30");
+        let mut child = spawn("echo started; exec sleep 30");
         assert!(stop(&mut child, Duration::from_secs(10)).is_ok());
         let status = child.try_wait().ok().flatten();
         // Ended by the SIGTERM, not by the kill.
@@ -48,9 +59,8 @@ mod tests {
 
     #[test]
     fn a_process_that_ignores_sigterm_is_killed_after_the_grace() {
-        let mut child = spawn("trap '' TERM; exec sleep 30");
-        // Let the shell install its trap first.
-        std::thread::sleep(Duration::from_millis(200));
+        // The line comes once the trap is in place.
+        let mut child = spawn("trap '' TERM; echo trapped; exec sleep 30");
         let start = Instant::now();
         assert!(stop(&mut child, Duration::from_millis(300)).is_ok());
         assert!(start.elapsed() < Duration::from_secs(10));
