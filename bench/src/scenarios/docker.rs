@@ -14,7 +14,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures::StreamExt;
 
-use super::Ctx;
+use super::{within, Ctx};
 use crate::load;
 use crate::manager::Manager;
 use crate::procstat::{self, mib};
@@ -91,16 +91,14 @@ async fn build_image(repo: &Path, tag: &str, run: &str) -> anyhow::Result<()> {
         .arg(format!("{RUN_LABEL}={run}"))
         .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(BUILD_LIMIT, build)
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "building the test image did not finish within {} s: is the Docker engine \
-                 answering (`docker info`)?",
-                BUILD_LIMIT.as_secs()
-            )
-        })?
-        .context("cannot run scripts/test-image.sh")?;
+    let out = within(BUILD_LIMIT, build, |s| {
+        format!(
+            "building the test image did not finish within {s} s: is the Docker engine \
+             answering (`docker info`)?"
+        )
+    })
+    .await?
+    .context("cannot run scripts/test-image.sh")?;
     if !out.status.success() {
         bail!(
             "building the test image failed: {}",
@@ -113,15 +111,14 @@ async fn build_image(repo: &Path, tag: &str, run: &str) -> anyhow::Result<()> {
 /// Removes the containers and the image of this run, and nothing else;
 /// gives up with a warning after [`CLEAN_LIMIT`].
 async fn clean(docker: &Docker, run: &str, tag: &str) {
-    if tokio::time::timeout(CLEAN_LIMIT, clean_now(docker, run, tag))
-        .await
-        .is_err()
-    {
-        eprintln!(
-            "warning: the engine did not remove this run's containers and image within {} s; \
-             they carry the label {RUN_LABEL}={run}",
-            CLEAN_LIMIT.as_secs()
-        );
+    let cleaned = within(CLEAN_LIMIT, clean_now(docker, run, tag), |s| {
+        format!(
+            "the engine did not remove this run's containers and image within {s} s; they \
+             carry the label {RUN_LABEL}={run}"
+        )
+    });
+    if let Err(e) = cleaned.await {
+        eprintln!("warning: {e}");
     }
 }
 
@@ -144,18 +141,18 @@ async fn clean_now(docker: &Docker, run: &str, tag: &str) {
     let _ = docker.remove_image(tag, Some(rmi), None).await;
 }
 
-/// `f`, or an error once `limit` has passed (`f` is then dropped, which
-/// stops the processes it started).
-async fn within<T>(
-    limit: Duration,
+/// The rounds' result, or an error after [`ROUNDS_LIMIT`] (the rounds are
+/// then dropped, which stops the processes they started).
+async fn rounds_within<T>(
     f: impl std::future::Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
-    tokio::time::timeout(limit, f).await.unwrap_or_else(|_| {
-        Err(anyhow::anyhow!(
-            "the rounds did not finish within {} s; given up, and the run's containers removed",
-            limit.as_secs()
-        ))
+    within(ROUNDS_LIMIT, f, |s| {
+        format!(
+            "the rounds did not finish within {s} s; given up, and the run's containers removed"
+        )
     })
+    .await
+    .and_then(|r| r)
 }
 
 /// One direct run: create, start, wait for the exit (what `docker run` does).
@@ -229,16 +226,14 @@ async fn direct_burst(
     // As long as minkube's side is given. An engine can wedge a start
     // (seen: `runc create` hung, and every later call on that container
     // with it); the bench then says so instead of waiting for ever.
-    let results = tokio::time::timeout(BURST_LIMIT, futures::future::join_all(runs))
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "the engine did not finish {n} direct runs within {} s: some are stuck \
-                 starting or exiting (`docker ps --filter label={RUN_LABEL}={run}` lists them; \
-                 a wedged engine needs a restart)",
-                BURST_LIMIT.as_secs()
-            )
-        })?;
+    let results = within(BURST_LIMIT, futures::future::join_all(runs), |s| {
+        format!(
+            "the engine did not finish {n} direct runs within {s} s: some are stuck \
+             starting or exiting (`docker ps --filter label={RUN_LABEL}={run}` lists them; \
+             a wedged engine needs a restart)"
+        )
+    })
+    .await?;
     let mut ids = Vec::new();
     for r in results {
         ids.push(r.context("direct run")?);
@@ -340,7 +335,7 @@ pub async fn real_docker(ctx: &Ctx) -> anyhow::Result<Section> {
         manager.stop()?;
         anyhow::Ok((results, burst_exits, exits))
     };
-    let result = within(ROUNDS_LIMIT, rounds_run).await;
+    let result = rounds_within(rounds_run).await;
     clean(&docker, &run, &tag).await;
     let (results, burst_exits, exits) = result?;
     let secs = |d: Duration| format!("{:.2} s", d.as_secs_f64());
@@ -440,7 +435,7 @@ mod tests {
     async fn rounds_that_hang_are_given_up_in_time_to_clean_up() {
         let start = tokio::time::Instant::now();
         let hung = std::future::pending::<anyhow::Result<()>>();
-        let err = match within(ROUNDS_LIMIT, hung).await {
+        let err = match rounds_within(hung).await {
             Ok(()) => panic!("a hung future cannot finish"),
             Err(e) => e.to_string(),
         };
@@ -454,7 +449,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn rounds_that_end_in_time_keep_their_result() {
         let quick = async { anyhow::Ok(7) };
-        let got = within(ROUNDS_LIMIT, quick).await;
+        let got = rounds_within(quick).await;
         assert_eq!(got.ok(), Some(7));
     }
 }

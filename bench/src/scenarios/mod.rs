@@ -61,12 +61,11 @@ pub async fn guarded(
     f: impl std::future::Future<Output = anyhow::Result<Section>>,
 ) -> Section {
     println!("\n== {title} ==");
-    let result = tokio::time::timeout(limit, f).await.unwrap_or_else(|_| {
-        Err(anyhow::anyhow!(
-            "did not finish within {} s; given up, and the processes it started stopped",
-            limit.as_secs()
-        ))
-    });
+    let result = within(limit, f, |s| {
+        format!("did not finish within {s} s; given up, and the processes it started stopped")
+    })
+    .await
+    .and_then(|r| r);
     match result {
         Ok(s) => s,
         Err(e) => {
@@ -77,6 +76,19 @@ pub async fn guarded(
             s
         }
     }
+}
+
+/// `f`'s output, or the error `on_timeout` words (given the limit in
+/// seconds) once `limit` has passed; `f` is then dropped, which stops the
+/// processes it started.
+pub async fn within<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = T>,
+    on_timeout: impl FnOnce(u64) -> String,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(limit, f)
+        .await
+        .map_err(|_| anyhow::anyhow!(on_timeout(limit.as_secs())))
 }
 
 /// Per-task figures joined from the submitter and the watcher.
