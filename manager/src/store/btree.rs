@@ -19,6 +19,12 @@ const EVENTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("events
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 /// API tokens by name (hashed secrets only).
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+/// Removed nodes by name: when each was removed (Unix seconds); their
+/// certificates issued until then are refused.
+const REMOVED_NODES: TableDefinition<&str, u64> = TableDefinition::new("removed_nodes");
+/// Removed nodes by id: when each was removed; an agent may not register
+/// under one again.
+const REMOVED_NODE_IDS: TableDefinition<&str, u64> = TableDefinition::new("removed_node_ids");
 /// Single values: the join token's hash.
 const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
 const JOIN_TOKEN_KEY: &str = "join_token_sha256";
@@ -78,6 +84,10 @@ impl BTree {
         txn.open_table(NODES)
             .map_err(|e| backend("open table")(e.into()))?;
         txn.open_table(TOKENS)
+            .map_err(|e| backend("open table")(e.into()))?;
+        txn.open_table(REMOVED_NODES)
+            .map_err(|e| backend("open table")(e.into()))?;
+        txn.open_table(REMOVED_NODE_IDS)
             .map_err(|e| backend("open table")(e.into()))?;
         txn.open_table(SETTINGS)
             .map_err(|e| backend("open table")(e.into()))?;
@@ -143,6 +153,15 @@ impl BTree {
             let token = decode::<StoredToken>(&format!("tokens/{}", k.value()), v.value())
                 .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
             snap.tokens.push(token);
+        }
+        for item in txn.open_table(REMOVED_NODES)?.iter()? {
+            let (k, v) = item?;
+            snap.removed_nodes.push((k.value().to_string(), v.value()));
+        }
+        for item in txn.open_table(REMOVED_NODE_IDS)?.iter()? {
+            let (k, v) = item?;
+            snap.removed_node_ids
+                .push((k.value().to_string(), v.value()));
         }
         let settings = txn.open_table(SETTINGS)?;
         snap.join_token_sha256 = settings.get(JOIN_TOKEN_KEY)?.map(|v| v.value().to_string());
@@ -219,6 +238,15 @@ impl BTree {
                         let mut settings = txn.open_table(SETTINGS)?;
                         settings.insert(JOIN_TOKEN_KEY, sha256)?;
                         settings.insert(JOIN_TOKEN_ISSUED_KEY, issued_at.to_string().as_str())?;
+                    }
+                    Op::RemoveNode {
+                        id,
+                        name,
+                        removed_at,
+                    } => {
+                        nodes.remove(id)?;
+                        txn.open_table(REMOVED_NODES)?.insert(name, removed_at)?;
+                        txn.open_table(REMOVED_NODE_IDS)?.insert(id, removed_at)?;
                     }
                 }
             }
@@ -467,5 +495,55 @@ mod tests {
         assert_eq!(nodes.len(), 1);
         assert_eq!(nodes[0].name, "new");
         assert_eq!(s.checkpointed_segment().unwrap(), 7);
+    }
+
+    fn node(id: &str, name: &str) -> Mutation {
+        Mutation::PutNode(Box::new(pb::Node {
+            id: id.into(),
+            name: name.into(),
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn a_removed_node_is_gone_and_its_name_remembered_even_if_put_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BTree::open(dir.path()).unwrap();
+        let remove = |id: &str, name: &str, at: u64| Mutation::RemoveNode {
+            id: id.into(),
+            name: name.into(),
+            removed_at: at,
+        };
+        // Within one batch: put, remove, and (a plaintext agent registering
+        // again under its old id) put once more; a second node put then removed.
+        apply(
+            &s,
+            &[
+                node("n1", "a"),
+                remove("n1", "a", 100),
+                node("n1", "a"),
+                node("n2", "b"),
+                remove("n2", "b", 101),
+            ],
+            None,
+        );
+        let snap = s.load().unwrap();
+        assert_eq!(
+            snap.nodes.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(),
+            ["n1"]
+        );
+        assert_eq!(
+            snap.removed_nodes,
+            [("a".to_string(), 100), ("b".to_string(), 101)]
+        );
+        assert_eq!(
+            snap.removed_node_ids,
+            [("n1".to_string(), 100), ("n2".to_string(), 101)]
+        );
+        // Removed again later: the newer time counts.
+        apply(&s, &[remove("n1", "a", 200)], None);
+        let snap = s.load().unwrap();
+        assert!(snap.nodes.is_empty());
+        assert_eq!(snap.removed_nodes[0], ("a".to_string(), 200));
     }
 }

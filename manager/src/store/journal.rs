@@ -93,6 +93,7 @@ const PUT_NODE: u32 = 4;
 const PUT_TOKEN: u32 = 5;
 const DELETE_TOKEN: u32 = 6;
 const PUT_JOIN_TOKEN: u32 = 7;
+const REMOVE_NODE: u32 = 8;
 
 /// One journaled mutation, borrowing its strings and encoded records from
 /// the segment's bytes.
@@ -116,6 +117,12 @@ pub(super) enum Op<'a> {
     DeleteToken(&'a str),
     /// The join token's hash and issue time.
     PutJoinToken { sha256: &'a str, issued_at: u64 },
+    /// A node removed; its name's certificates issued until then revoked.
+    RemoveNode {
+        id: &'a str,
+        name: &'a str,
+        removed_at: u64,
+    },
 }
 
 /// Length of a length-delimited field of `len` bytes.
@@ -183,6 +190,22 @@ fn encode_entry(m: &Mutation, entry: &mut Vec<u8>, event_buf: &mut Vec<u8>, buf:
             );
             put_bytes(1, sha256.as_bytes(), entry);
             encoding::uint64::encode(2, issued_at, entry);
+        }
+        Mutation::RemoveNode {
+            id,
+            name,
+            removed_at,
+        } => {
+            encode_key(REMOVE_NODE, WireType::LengthDelimited, entry);
+            encode_varint(
+                (field_len(1, id.len())
+                    + encoding::uint64::encoded_len(2, removed_at)
+                    + field_len(3, name.len())) as u64,
+                entry,
+            );
+            put_bytes(1, id.as_bytes(), entry);
+            encoding::uint64::encode(2, removed_at, entry);
+            put_bytes(3, name.as_bytes(), entry);
         }
     }
     put_bytes(1, entry, buf);
@@ -261,7 +284,7 @@ fn decode_entry(mut entry: &[u8]) -> Result<Op<'_>, String> {
     match tag {
         DELETE_TASK => return Ok(Op::DeleteTask(text(body)?)),
         DELETE_TOKEN => return Ok(Op::DeleteToken(text(body)?)),
-        PUT_TASK | PUT_EVENT | PUT_NODE | PUT_TOKEN | PUT_JOIN_TOKEN => {}
+        PUT_TASK | PUT_EVENT | PUT_NODE | PUT_TOKEN | PUT_JOIN_TOKEN | REMOVE_NODE => {}
         other => {
             return Err(format!(
                 "a change of kind {other}, unknown to this minkube-manager (written by a newer version?)"
@@ -286,6 +309,11 @@ fn decode_entry(mut entry: &[u8]) -> Result<Op<'_>, String> {
         PUT_TOKEN => Op::PutToken {
             name: text(p.one)?,
             record: p.two,
+        },
+        REMOVE_NODE => Op::RemoveNode {
+            id: text(p.one)?,
+            name: text(p.three)?,
+            removed_at: p.two_int,
         },
         _ => Op::PutJoinToken {
             sha256: text(p.one)?,

@@ -49,6 +49,16 @@ pub enum Mutation {
         /// When it was made, in Unix seconds (it expires by `--join-token-ttl`).
         issued_at: u64,
     },
+    /// Remove a node and record that its id is gone for good and its name's
+    /// certificates issued until `removed_at` are revoked.
+    RemoveNode {
+        /// Node id.
+        id: String,
+        /// Node name (the CN of its certificates).
+        name: String,
+        /// When it was removed, in Unix seconds.
+        removed_at: u64,
+    },
 }
 
 /// The small records the store holds, read once at start-up (tasks are
@@ -64,6 +74,10 @@ pub struct Snapshot {
     /// When the join token was made, in Unix seconds (absent in stores
     /// written before join tokens expired).
     pub join_token_issued_at: Option<u64>,
+    /// Names of removed nodes and when each was removed, in Unix seconds.
+    pub removed_nodes: Vec<(String, u64)>,
+    /// Ids of removed nodes and when each was removed.
+    pub removed_node_ids: Vec<(String, u64)>,
 }
 
 /// A storage failure. The message says which operation failed.

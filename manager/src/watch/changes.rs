@@ -87,7 +87,8 @@ pub fn changes_from(mutations: Vec<Mutation>) -> Vec<pb::TaskChange> {
                 Mutation::PutNode(_)
                 | Mutation::PutToken(_)
                 | Mutation::DeleteToken(_)
-                | Mutation::PutJoinToken { .. } => {}
+                | Mutation::PutJoinToken { .. }
+                | Mutation::RemoveNode { .. } => {}
             }
             i += 1;
         }

@@ -56,6 +56,11 @@ pub(crate) fn every_kind() -> Vec<Mutation> {
             sha256: String::new(),
             issued_at: 1_700_000_000,
         },
+        Mutation::RemoveNode {
+            id: "n1".into(),
+            name: "host-1".into(),
+            removed_at: 1_800_000_000,
+        },
     ]
 }
 
@@ -91,6 +96,15 @@ fn owned(op: Op<'_>) -> Mutation {
         Op::PutJoinToken { sha256, issued_at } => Mutation::PutJoinToken {
             sha256: sha256.into(),
             issued_at,
+        },
+        Op::RemoveNode {
+            id,
+            name,
+            removed_at,
+        } => Mutation::RemoveNode {
+            id: id.into(),
+            name: name.into(),
+            removed_at,
         },
     }
 }
