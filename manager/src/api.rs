@@ -144,6 +144,17 @@ impl ControlService for ControlApi {
         }))
     }
 
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let (node, tasks_moved) = self.cluster.remove_node(req.into_inner()).await?;
+        Ok(Response::new(pb::RemoveNodeResponse {
+            node: Some(node),
+            tasks_moved,
+        }))
+    }
+
     async fn stop_task(
         &self,
         req: Request<pb::StopTaskRequest>,

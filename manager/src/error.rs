@@ -53,6 +53,22 @@ pub enum ManagerError {
         /// The limit.
         limit: usize,
     },
+    /// A node still in use was asked to be removed without force.
+    #[error("node {node:?} {why}: drain it and stop its agent first (`minkube node drain`), or remove it anyway with --force (its tasks are then handled as on a lost node)")]
+    NodeInUse {
+        /// Node name.
+        node: String,
+        /// What keeps it: connected, or its tasks.
+        why: String,
+    },
+    /// The node (by certificate or id) was removed from the cluster.
+    #[error("node {node} was removed from the cluster (at {at}, Unix seconds) and cannot come back as it was: to bring this machine back, stop its agent, empty its data dir and start it again (with --join-token on a secured cluster); it joins as a new node")]
+    NodeRemoved {
+        /// Node name or id.
+        node: String,
+        /// When it was removed, Unix seconds.
+        at: u64,
+    },
     /// A token with that name exists.
     #[error("a token named {0:?} exists: pick another name, or revoke it first")]
     TokenExists(String),
@@ -83,9 +99,13 @@ impl From<ManagerError> for Status {
             ManagerError::TaskNotFound(_) | ManagerError::NodeNotFound(_) => Code::NotFound,
             ManagerError::NameTaken { .. } | ManagerError::TokenExists(_) => Code::AlreadyExists,
             ManagerError::TokenNotFound(_) => Code::NotFound,
-            ManagerError::Unauthenticated(_) => Code::Unauthenticated,
+            ManagerError::Unauthenticated(_) | ManagerError::NodeRemoved { .. } => {
+                Code::Unauthenticated
+            }
             ManagerError::PermissionDenied(_) => Code::PermissionDenied,
-            ManagerError::NotSecured(_) => Code::FailedPrecondition,
+            ManagerError::NotSecured(_) | ManagerError::NodeInUse { .. } => {
+                Code::FailedPrecondition
+            }
             ManagerError::Pki(crate::pki::PkiError::BadCsr(_)) => Code::InvalidArgument,
             ManagerError::Pki(_) => Code::Internal,
             ManagerError::Protocol(_)
@@ -96,7 +116,14 @@ impl From<ManagerError> for Status {
             ManagerError::Store(StoreError::Closed) => Code::Unavailable,
             ManagerError::Store(_) => Code::Internal,
         };
-        Status::new(code, e.to_string())
+        let mut status = Status::new(code, e.to_string());
+        if let ManagerError::NodeRemoved { at, .. } = e {
+            // What the agent acts on: it stops its containers.
+            status
+                .metadata_mut()
+                .insert(minkube::NODE_REMOVED_METADATA, at.into());
+        }
+        status
     }
 }
 

@@ -16,6 +16,7 @@ pub mod liveness;
 pub mod logs;
 pub mod memory;
 pub mod node_admin;
+pub mod node_removal;
 pub mod nodes;
 pub mod pki;
 pub mod policy;

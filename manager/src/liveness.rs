@@ -90,7 +90,7 @@ pub fn pass(
 }
 
 /// Every active task of a lost node: a new attempt elsewhere, or an end.
-fn handle_lost_node(
+pub(crate) fn handle_lost_node(
     st: &mut State,
     node_id: &str,
     retry: &RetryTimings,

@@ -69,6 +69,12 @@ impl Cluster {
         check_register(&req)?;
         let id = self
             .write(|st, out| {
+                if let Some(at) = st.access.node_id_removed(&req.node_id) {
+                    return Err(ManagerError::NodeRemoved {
+                        node: format!("{:?} ({:?})", req.name, req.node_id),
+                        at,
+                    });
+                }
                 let by_name = st
                     .nodes()
                     .values()

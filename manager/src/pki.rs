@@ -104,6 +104,22 @@ fn validity_for(params: &mut CertificateParams, lifetime: Duration) {
     params.not_after = now.saturating_add(lifetime);
 }
 
+/// When a certificate made with [`validity_for`] was issued (Unix
+/// seconds, within a second), from its validity alone: its span is the
+/// lifetime plus a slack of a tenth of it, at most five minutes. So a node
+/// removal can revoke the certificates issued before it whatever lifetime
+/// they were given.
+pub fn issued_at(not_before: i64, not_after: i64) -> i64 {
+    const MAX_SLACK: i64 = 300;
+    let span = not_after.saturating_sub(not_before);
+    let lifetime = if span <= 11 * MAX_SLACK {
+        span * 10 / 11
+    } else {
+        span - MAX_SLACK
+    };
+    not_after - lifetime
+}
+
 fn serial(params: &mut CertificateParams) {
     params.serial_number = Some(rand::random::<u64>().into());
 }
@@ -297,5 +313,23 @@ mod tests {
             minkube_common::tls::validity_of_pem(&pki.sign_node(&csr("x"), "a").unwrap()).unwrap();
         assert!((na - now - 30).abs() <= 2, "{na} - {now}");
         assert!((now - nb - 3).abs() <= 2, "a tenth as slack: {nb} - {now}");
+    }
+
+    #[test]
+    fn the_issue_time_is_read_back_from_any_lifetime() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pki = Pki::create(dir.path(), &[]).unwrap();
+        for secs in [5, 30, 2_999, 3_000, 3_001, 86_400, 365 * 86_400] {
+            let before = OffsetDateTime::now_utc().unix_timestamp();
+            pki = pki.with_node_cert_ttl(std::time::Duration::from_secs(secs));
+            let pem = pki.sign_node(&csr("x"), "a").unwrap();
+            let after = OffsetDateTime::now_utc().unix_timestamp();
+            let (nb, na) = minkube_common::tls::validity_of_pem(&pem).unwrap();
+            let at = issued_at(nb, na);
+            assert!(
+                (before - 1..=after + 1).contains(&at),
+                "lifetime {secs} s: issued {at}, signed within {before}..={after}"
+            );
+        }
     }
 }

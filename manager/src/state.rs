@@ -149,6 +149,8 @@ impl State {
             ),
             ..State::default()
         };
+        st.access
+            .set_removed_nodes(snap.removed_nodes, snap.removed_node_ids);
         for mut node in snap.nodes {
             node.set_state(pb::NodeState::Disconnected);
             st.nodes.insert(

@@ -166,6 +166,7 @@ impl Command {
             Command::Node(NodeCommand::Uncordon { .. }) => "node uncordon",
             Command::Node(NodeCommand::Drain { .. }) => "node drain",
             Command::Node(NodeCommand::Label { .. }) => "node label",
+            Command::Node(NodeCommand::Rm { .. }) => "node rm",
             Command::Token(TokenCommand::Create { .. }) => "token create",
             Command::Token(TokenCommand::List) => "token list",
             Command::Token(TokenCommand::Revoke { .. }) => "token revoke",
@@ -229,6 +230,17 @@ pub enum NodeCommand {
         /// KEY=VALUE to set, KEY- to remove.
         #[arg(required = true, value_name = "KEY=VALUE|KEY-", value_parser = parse_label_change)]
         changes: Vec<LabelChange>,
+    },
+    /// Remove the node from the cluster for good and revoke its
+    /// certificates; refused while it is connected or has tasks, unless
+    /// --force (admin).
+    Rm {
+        /// Node name or id.
+        node: String,
+        /// Remove it even while connected or with tasks: its stream is
+        /// closed and its tasks move or end by their restart policy.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -629,6 +641,12 @@ mod tests {
                 if timeout == std::time::Duration::from_secs(90)
         ));
         assert!(parse(&["node", "drain", "n1", "--timeout", "soon"]).is_err());
+        let cli = parse(&["node", "rm", "n1", "--force"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Node(NodeCommand::Rm { node, force: true }) if node == "n1"
+        ));
+        assert!(parse(&["node", "rm"]).is_err());
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! `minkube node cordon|uncordon|drain|label`: UpdateNode calls, and for a
-//! drain the progress until the node has no task left. Progress is pushed:
+//! drain the progress until the node has no task left; `minkube node rm`:
+//! RemoveNode. Progress is pushed:
 //! a WatchTasks stream on the node says when to count again.
 use std::time::Duration;
 
 use minkube::pb::{
-    watch_tasks_response, ListTasksRequest, Node, NodeAvailability, TaskState, UpdateNodeRequest,
-    WatchTasksRequest,
+    watch_tasks_response, ListTasksRequest, Node, NodeAvailability, RemoveNodeRequest, TaskState,
+    UpdateNodeRequest, WatchTasksRequest,
 };
 
 use super::args::{LabelChange, NodeCommand, Output};
@@ -18,6 +19,7 @@ pub async fn run(s: &Session, c: &NodeCommand, out: Output) -> Result<String, Cl
     let mut req = UpdateNodeRequest::default();
     let node = match c {
         NodeCommand::Get { node } => return super::commands::node_get(s, node, out).await,
+        NodeCommand::Rm { node, force } => return remove(s, node, *force, out).await,
         NodeCommand::Cordon { node } => {
             req.set_availability(NodeAvailability::Cordoned);
             node
@@ -86,6 +88,29 @@ fn summary(c: &NodeCommand, n: &Node, draining: u32) -> String {
         ),
         _ => detail::node(n),
     }
+}
+
+/// `minkube node rm`.
+async fn remove(s: &Session, node: &str, force: bool, out: Output) -> Result<String, CliError> {
+    let mut client = s.client();
+    let resp = s
+        .call(client.remove_node(RemoveNodeRequest {
+            node: node.to_string(),
+            force,
+        }))
+        .await?;
+    let removed = resp.node.ok_or(CliError::Malformed("node"))?;
+    Ok(match out {
+        Output::Json => format!("{:#}\n", json::node(&removed)),
+        Output::Table if resp.tasks_moved > 0 => format!(
+            "node {} removed; its certificates are revoked; {} of its tasks handed to their restart policy\n",
+            removed.name, resp.tasks_moved
+        ),
+        Output::Table => format!(
+            "node {} removed; its certificates are revoked\n",
+            removed.name
+        ),
+    })
 }
 
 /// Tasks still on the node (SCHEDULED or RUNNING there).

@@ -80,6 +80,10 @@ pub enum SessionError {
     /// The manager answered Register with an error.
     #[error("registration refused: {0}")]
     Register(String),
+    /// The node was removed from the cluster: its id and certificate are
+    /// refused.
+    #[error("this node was removed from the cluster: {0}")]
+    NodeRemoved(String),
     /// Register did not reach the manager or got no answer.
     #[error("cannot reach the manager to register: {0}")]
     RegisterUnreachable(String),
@@ -155,6 +159,13 @@ pub async fn register(
 }
 
 fn register_error(cfg: &SessionConfig, status: &tonic::Status) -> SessionError {
+    if status
+        .metadata()
+        .get(minkube::NODE_REMOVED_METADATA)
+        .is_some()
+    {
+        return SessionError::NodeRemoved(status.message().to_string());
+    }
     let hint = match status.code() {
         tonic::Code::AlreadyExists => format!(
             "; another connected agent holds the name {:?}: give this node a unique --name (MINKUBE_NODE_NAME)",
@@ -222,6 +233,7 @@ pub async fn run(
 ) {
     let mut failures = 0u32;
     let mut session = 0u64;
+    let mut removed = false;
     loop {
         session += 1;
         let started = Instant::now();
@@ -238,6 +250,21 @@ pub async fn run(
                     error!("the reconciler stopped; ending the session loop");
                 }
                 break;
+            }
+            Err(SessionError::NodeRemoved(why)) => {
+                error!(%why, "this node was removed from the cluster: stopping its containers (the cluster runs its tasks elsewhere)");
+                // Once: an empty desired set stops and removes every
+                // container of this agent. It keeps trying (and saying why)
+                // in case the manager's store is restored from before.
+                if !removed {
+                    let send = links
+                        .inputs
+                        .send(Input::DesiredSet(pb::DesiredSet::default()));
+                    match drain_while(send, &mut links.outbound, &mut shutdown).await {
+                        Ok(Ok(())) => removed = true,
+                        Ok(Err(_)) | Err(_) => break,
+                    }
+                }
             }
             Err(e) => warn!(session, error = %e, "session ended"),
         }

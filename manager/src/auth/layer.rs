@@ -54,10 +54,14 @@ fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// The node named by the client certificate, if one was presented.
-fn node_of(ext: &http::Extensions) -> Option<String> {
+/// The node named by the client certificate, if one was presented, and
+/// when that certificate was issued (Unix seconds).
+fn node_of(ext: &http::Extensions) -> Option<(String, i64)> {
     let certs = ext.get::<TlsConnectInfo<TcpConnectInfo>>()?.peer_certs()?;
-    minkube_common::tls::node_name_of(certs.first()?.as_ref())
+    let der = certs.first()?.as_ref();
+    let name = minkube_common::tls::node_name_of(der)?;
+    let (not_before, not_after) = minkube_common::tls::validity_of(der)?;
+    Some((name, crate::pki::issued_at(not_before, not_after)))
 }
 
 impl AuthLayer {
@@ -65,7 +69,11 @@ impl AuthLayer {
         if !self.secure {
             return Ok(Identity::Anonymous);
         }
-        if let Some(name) = node_of(req.extensions()) {
+        if let Some((name, issued_at)) = node_of(req.extensions()) {
+            if let Some(at) = self.cluster.lock().access.node_removed(&name, issued_at) {
+                let node = format!("{name:?} (its certificate is revoked)");
+                return Err(crate::error::ManagerError::NodeRemoved { node, at }.into());
+            }
             return Ok(Identity::Node { name });
         }
         match bearer(req.headers()) {
@@ -138,7 +146,15 @@ where
                 audit(&who, &method, code, status.message(), &peer, &trace_id);
                 metrics::counter!("minkube_manager_requests_refused_total", "reason" => "unauthorized")
                     .increment(1);
-                return Box::pin(async move { Ok(refusal(status.code(), status.message())) });
+                let mut res = refusal(status.code(), status.message());
+                // A removed node's agent learns it is removed from this key.
+                let removed = status.metadata().get(minkube::NODE_REMOVED_METADATA);
+                if let Some(v) = removed.and_then(|v| v.to_str().ok()) {
+                    if let Ok(v) = http::HeaderValue::from_str(v) {
+                        res.headers_mut().insert(minkube::NODE_REMOVED_METADATA, v);
+                    }
+                }
+                return Box::pin(async move { Ok(res) });
             }
         };
         req.extensions_mut().insert(identity.clone());

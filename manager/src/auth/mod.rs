@@ -79,6 +79,7 @@ pub fn access_for(path: &str) -> (Access, bool) {
         "/minkube.v1.AccessService/ListTokens" => (Access::Role(Role::Admin), false),
         "/minkube.v1.AccessService/CreateToken"
         | "/minkube.v1.ControlService/UpdateNode"
+        | "/minkube.v1.ControlService/RemoveNode"
         | "/minkube.v1.AccessService/RevokeToken"
         | "/minkube.v1.AccessService/RotateJoinToken" => (Access::Role(Role::Admin), true),
         "/minkube.v1.AgentService/Join" => (Access::Open, true),

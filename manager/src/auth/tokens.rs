@@ -37,6 +37,10 @@ pub struct AccessState {
     join_sha256: Option<String>,
     /// When the join token was made.
     join_issued_at: Option<SystemTime>,
+    /// Removed nodes by name: when each was removed (Unix seconds).
+    removed_nodes: HashMap<String, u64>,
+    /// Removed nodes by id, with when: no agent registers under one again.
+    removed_ids: HashMap<String, u64>,
 }
 
 /// Why a join token is refused.
@@ -111,6 +115,34 @@ impl AccessState {
             Some(ttl) if age > ttl => Err(JoinRefusal::Expired { age }),
             _ => Ok(()),
         }
+    }
+
+    /// Marks node `id` (named `name`) removed at `at` (Unix seconds): its
+    /// id is refused from now on, and so are its certificates issued until
+    /// then. In memory; the store holds it through `Mutation::RemoveNode`.
+    pub fn remove_node(&mut self, id: &str, name: &str, at: u64) {
+        self.removed_nodes.insert(name.to_string(), at);
+        self.removed_ids.insert(id.to_string(), at);
+    }
+
+    /// Removed nodes as the store holds them: names with their removal
+    /// times, and ids.
+    pub fn set_removed_nodes(&mut self, names: Vec<(String, u64)>, ids: Vec<(String, u64)>) {
+        self.removed_nodes = names.into_iter().collect();
+        self.removed_ids = ids.into_iter().collect();
+    }
+
+    /// When node id `id` was removed, if it was.
+    pub fn node_id_removed(&self, id: &str) -> Option<u64> {
+        self.removed_ids.get(id).copied()
+    }
+
+    /// When node `name` was removed, if a certificate of it issued at
+    /// `issued_at` (Unix seconds) was issued before then (or in the same
+    /// second: certificate times have whole seconds) and so is revoked.
+    pub fn node_removed(&self, name: &str, issued_at: i64) -> Option<u64> {
+        let at = *self.removed_nodes.get(name)?;
+        (issued_at <= i64::try_from(at).unwrap_or(i64::MAX)).then_some(at)
     }
 
     /// Creates a token; returns its secret.
@@ -249,6 +281,23 @@ mod tests {
             reloaded.check_join_token(&secret, later, ttl),
             Err(JoinRefusal::Expired { .. })
         ));
+    }
+
+    #[test]
+    fn a_removed_nodes_certificates_from_before_its_removal_are_refused() {
+        let mut a = AccessState::default();
+        assert_eq!(a.node_removed("n", 100), None);
+        assert_eq!(a.node_id_removed("id-1"), None);
+        a.remove_node("id-1", "n", 1_000);
+        assert_eq!(a.node_id_removed("id-1"), Some(1_000));
+        assert_eq!(a.node_removed("n", 999), Some(1_000));
+        assert_eq!(a.node_removed("n", 1_000), Some(1_000));
+        assert_eq!(a.node_removed("n", 1_001), None, "joined again later");
+        assert_eq!(a.node_removed("other", 10), None);
+        let mut reloaded = AccessState::default();
+        reloaded.set_removed_nodes(vec![("n".into(), 1_000)], vec![("id-1".into(), 1_000)]);
+        assert_eq!(reloaded.node_removed("n", 999), Some(1_000));
+        assert_eq!(reloaded.node_id_removed("id-1"), Some(1_000));
     }
 
     #[test]
