@@ -79,20 +79,12 @@ mod tests {
 
     use super::*;
     use crate::cluster::{test_cluster as cluster, test_node};
+    use crate::state::fixtures::spec;
 
     fn remove(node: &str, force: bool) -> pb::RemoveNodeRequest {
         pb::RemoveNodeRequest {
             node: node.into(),
             force,
-        }
-    }
-
-    fn spec(name: &str) -> pb::TaskSpec {
-        pb::TaskSpec {
-            name: name.into(),
-            image: "busybox".into(),
-            memory_mb: 16,
-            ..Default::default()
         }
     }
 

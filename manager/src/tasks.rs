@@ -286,14 +286,7 @@ mod tests {
     use crate::cluster::ClusterConfig;
     use crate::store::RedbStore;
 
-    fn spec(name: &str) -> pb::TaskSpec {
-        pb::TaskSpec {
-            name: name.into(),
-            image: "busybox".into(),
-            memory_mb: 16,
-            ..Default::default()
-        }
-    }
+    use crate::state::fixtures::spec;
 
     async fn cluster(dir: &std::path::Path) -> Arc<Cluster> {
         let store = Arc::new(RedbStore::open(dir).unwrap());

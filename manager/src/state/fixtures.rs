@@ -2,6 +2,16 @@
 #![allow(clippy::unwrap_used)]
 use super::*;
 
+/// A valid 16 MB spec named `name`, as `CreateTask` takes it.
+pub(crate) fn spec(name: &str) -> pb::TaskSpec {
+    pb::TaskSpec {
+        name: name.into(),
+        image: "busybox".into(),
+        memory_mb: 16,
+        ..Default::default()
+    }
+}
+
 /// A new 10 MB PENDING task named "t".
 pub(crate) fn pending_task(id: &str) -> pb::Task {
     pb::Task {
