@@ -1,11 +1,12 @@
 //! Removing a node for good (`minkube node rm`). The node leaves the
-//! cluster's records and every certificate issued to its name until now is
-//! refused (the auth layer asks [`AccessState::node_removed`]): a retired or
-//! stolen machine cannot come back with what it holds. A node still in use
+//! cluster's records; its id, and every certificate issued to its name
+//! until now, are refused (Register and the auth layer ask
+//! [`AccessState`]): a retired or stolen machine cannot come back with what
+//! it holds. A node still in use
 //! (connected, or with tasks) is removed only with `force`; its stream is
 //! then closed and its tasks handled as on a lost node, by their policy.
 //!
-//! [`AccessState::node_removed`]: crate::auth::tokens::AccessState::node_removed
+//! [`AccessState`]: crate::auth::tokens::AccessState
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use minkube::pb;
@@ -14,7 +15,8 @@ use crate::cluster::Cluster;
 use crate::error::ManagerError;
 use crate::store::Mutation;
 
-/// Why `entry` may not be removed without force, if it may not.
+/// Why a node may not be removed without force (it is connected, or has
+/// tasks), if it may not.
 fn in_use(connected: bool, tasks: usize) -> Option<String> {
     match (connected, tasks) {
         (true, _) => Some("is connected".into()),
@@ -62,7 +64,7 @@ impl Cluster {
                 Ok((view, u32::try_from(tasks).unwrap_or(u32::MAX), reschedule))
             })
             .await?;
-        tracing::warn!(node_id = %node.id, name = %node.name, tasks = moved, "node removed: its certificates are revoked");
+        tracing::warn!(node_id = %node.id, name = %node.name, tasks = moved, "node removed: its id and certificates are refused from now on");
         if reschedule {
             self.kick_scheduler();
         }
@@ -95,7 +97,7 @@ mod tests {
         let err = c.remove_node(remove("nope", false)).await.unwrap_err();
         assert!(matches!(err, ManagerError::NodeNotFound(_)), "{err}");
 
-        let (a, mut a_stream) = test_node(&c, "a", 1000, 8).await;
+        let (a, _a_stream) = test_node(&c, "a", 1000, 8).await;
         let task = c.create_task(Some(spec("t"))).await.unwrap();
         assert_eq!(task.status.as_ref().unwrap().node_id, a);
         let err = c.remove_node(remove("a", false)).await.unwrap_err();
@@ -132,7 +134,6 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "not moved: {s:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        drop(a_stream.try_recv());
         c.shutdown(Duration::from_secs(1)).await;
         drop(c);
 

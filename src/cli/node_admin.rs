@@ -103,11 +103,11 @@ async fn remove(s: &Session, node: &str, force: bool, out: Output) -> Result<Str
     Ok(match out {
         Output::Json => format!("{:#}\n", json::node(&removed)),
         Output::Table if resp.tasks_moved > 0 => format!(
-            "node {} removed; its certificates are revoked; {} of its tasks handed to their restart policy\n",
+            "node {} removed (its id and certificates are refused from now on); {} of its tasks handed to their restart policy\n",
             removed.name, resp.tasks_moved
         ),
         Output::Table => format!(
-            "node {} removed; its certificates are revoked\n",
+            "node {} removed (its id and certificates are refused from now on)\n",
             removed.name
         ),
     })
