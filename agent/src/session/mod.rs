@@ -251,19 +251,21 @@ pub async fn run(
                 }
                 break;
             }
+            // It keeps trying (and saying why) in case the manager's store
+            // is restored from before the removal.
+            Err(SessionError::NodeRemoved(why)) if removed => {
+                warn!(%why, "this node is still refused: it was removed from the cluster");
+            }
             Err(SessionError::NodeRemoved(why)) => {
                 error!(%why, "this node was removed from the cluster: stopping its containers (the cluster runs its tasks elsewhere)");
-                // Once: an empty desired set stops and removes every
-                // container of this agent. It keeps trying (and saying why)
-                // in case the manager's store is restored from before.
-                if !removed {
-                    let send = links
-                        .inputs
-                        .send(Input::DesiredSet(pb::DesiredSet::default()));
-                    match drain_while(send, &mut links.outbound, &mut shutdown).await {
-                        Ok(Ok(())) => removed = true,
-                        Ok(Err(_)) | Err(_) => break,
-                    }
+                // An empty desired set stops and removes every container
+                // of this agent.
+                let send = links
+                    .inputs
+                    .send(Input::DesiredSet(pb::DesiredSet::default()));
+                match drain_while(send, &mut links.outbound, &mut shutdown).await {
+                    Ok(Ok(())) => removed = true,
+                    Ok(Err(_)) | Err(_) => break,
                 }
             }
             Err(e) => warn!(session, error = %e, "session ended"),
