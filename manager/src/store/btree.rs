@@ -342,6 +342,14 @@ mod tests {
         }
     }
 
+    fn node(id: &str, name: &str) -> Mutation {
+        Mutation::PutNode(Box::new(pb::Node {
+            id: id.into(),
+            name: name.into(),
+            ..Default::default()
+        }))
+    }
+
     fn event(task_id: &str, reason: &str) -> pb::TaskEvent {
         pb::TaskEvent {
             task_id: task_id.into(),
@@ -371,11 +379,7 @@ mod tests {
                 index: 0,
                 event: Box::new(event("t2", "c")),
             });
-            batch.push(Mutation::PutNode(Box::new(pb::Node {
-                id: "n1".into(),
-                name: "a".into(),
-                ..Default::default()
-            })));
+            batch.push(node("n1", "a"));
             apply(&s, &batch, None);
         }
         let s = BTree::open(dir.path()).unwrap();
@@ -476,16 +480,8 @@ mod tests {
             Mutation::PutTask(Box::new(task("gone"))),
             Mutation::PutTask(Box::new(second.clone())),
             Mutation::DeleteTask("gone".into()),
-            Mutation::PutNode(Box::new(pb::Node {
-                id: "n1".into(),
-                name: "old".into(),
-                ..Default::default()
-            })),
-            Mutation::PutNode(Box::new(pb::Node {
-                id: "n1".into(),
-                name: "new".into(),
-                ..Default::default()
-            })),
+            node("n1", "old"),
+            node("n1", "new"),
         ];
         apply(&s, &batch, Some(7));
         let tasks = all_tasks(&s);
@@ -495,14 +491,6 @@ mod tests {
         assert_eq!(nodes.len(), 1);
         assert_eq!(nodes[0].name, "new");
         assert_eq!(s.checkpointed_segment().unwrap(), 7);
-    }
-
-    fn node(id: &str, name: &str) -> Mutation {
-        Mutation::PutNode(Box::new(pb::Node {
-            id: id.into(),
-            name: name.into(),
-            ..Default::default()
-        }))
     }
 
     #[test]
