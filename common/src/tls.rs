@@ -51,6 +51,22 @@ pub fn client_config(ca_pem: &str, identity: Option<(&str, &str)>) -> ClientTlsC
 /// verified by the TLS layer before this is asked.
 pub fn node_name_of(cert_der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    name_in(&cert)
+}
+
+/// [`node_name_of`] and [`validity_of`] from one parse: the node name and
+/// the certificate's `notBefore` and `notAfter` (Unix seconds).
+pub fn node_certificate_of(cert_der: &[u8]) -> Option<(String, i64, i64)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let v = cert.validity();
+    Some((
+        name_in(&cert)?,
+        v.not_before.timestamp(),
+        v.not_after.timestamp(),
+    ))
+}
+
+fn name_in(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<String> {
     let subject = cert.subject();
     let org = subject.iter_organization().next()?.as_str().ok()?;
     if org != AGENT_ORGANIZATION {

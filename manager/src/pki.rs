@@ -95,27 +95,31 @@ fn validity(params: &mut CertificateParams, days: i64) {
     validity_for(params, Duration::days(days));
 }
 
+/// Slack before `notBefore` for clocks a little behind the manager's: a
+/// tenth of the lifetime, at most this many seconds.
+const MAX_SLACK_SECS: i64 = 300;
+/// The slack is the lifetime divided by this.
+const SLACK_DIVISOR: i32 = 10;
+
 fn validity_for(params: &mut CertificateParams, lifetime: Duration) {
     let now = OffsetDateTime::now_utc();
-    // Some slack for clocks a little behind the manager's: five minutes, or
-    // a tenth of a short lifetime.
-    let slack: Duration = (lifetime / 10_i32).min(Duration::minutes(5));
+    let slack: Duration = (lifetime / SLACK_DIVISOR).min(Duration::seconds(MAX_SLACK_SECS));
     params.not_before = now.saturating_sub(slack);
     params.not_after = now.saturating_add(lifetime);
 }
 
 /// When a certificate made with [`validity_for`] was issued (Unix
 /// seconds, within a second), from its validity alone: its span is the
-/// lifetime plus a slack of a tenth of it, at most five minutes. So a node
-/// removal can revoke the certificates issued before it whatever lifetime
-/// they were given.
+/// lifetime plus its slack. So a node removal can revoke the certificates
+/// issued before it whatever lifetime they were given.
 pub fn issued_at(not_before: i64, not_after: i64) -> i64 {
-    const MAX_SLACK: i64 = 300;
+    let d = i64::from(SLACK_DIVISOR);
     let span = not_after.saturating_sub(not_before);
-    let lifetime = if span <= 11 * MAX_SLACK {
-        span * 10 / 11
+    // Below (d + 1) * MAX_SLACK_SECS the slack is lifetime / d.
+    let lifetime = if span <= (d + 1) * MAX_SLACK_SECS {
+        span * d / (d + 1)
     } else {
-        span - MAX_SLACK
+        span - MAX_SLACK_SECS
     };
     not_after - lifetime
 }

@@ -58,9 +58,8 @@ fn bearer(headers: &http::HeaderMap) -> Option<&str> {
 /// when that certificate was issued (Unix seconds).
 fn node_of(ext: &http::Extensions) -> Option<(String, i64)> {
     let certs = ext.get::<TlsConnectInfo<TcpConnectInfo>>()?.peer_certs()?;
-    let der = certs.first()?.as_ref();
-    let name = minkube_common::tls::node_name_of(der)?;
-    let (not_before, not_after) = minkube_common::tls::validity_of(der)?;
+    let (name, not_before, not_after) =
+        minkube_common::tls::node_certificate_of(certs.first()?.as_ref())?;
     Some((name, crate::pki::issued_at(not_before, not_after)))
 }
 
